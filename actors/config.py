@@ -1,0 +1,145 @@
+"""Configuration Structs the actors need. ``cluster.settings`` assembles them into one tree.
+
+They are plain msgspec Structs so Ray can pickle them to actors; clients (Kafka, Snowflake)
+are built from them inside the actor, never passed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from actors.secret import Secret
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class KafkaConnection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How to reach a Kafka cluster (local broker, Strimzi, or any managed Kafka)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: Secret | None = None
+    # Extra librdkafka properties, e.g. {"socket.keepalive.enable": "true"}.
+    extra: dict[str, str] = {}
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties common to producers, consumers and admin clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional: dict[str, str | Secret | None] = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password,
+        }
+        for key, value in optional.items():
+            if value is not None:
+                conf[key] = value.reveal() if isinstance(value, Secret) else value
+        conf.update(self.extra)
+        return conf
+
+
+class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The events topic and its dead-letter topic (same partition count, partition p -> p)."""
+
+    events: str = "events"
+    dead_letter: str = "events.dlq"
+    partitions: PositiveInt = 4
+    replication_factor: PositiveInt = 1
+
+
+class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A Snowflake account, or the local fakesnow emulator (host/port/protocol set)."""
+
+    account: str = "eventray"
+    user: str = "eventray"
+    password: Secret = Secret("eventray")
+    database: str = "EVENTRAY"
+    schema: str = "PUBLIC"
+    warehouse: str | None = None
+    role: str | None = None
+    # Set for the emulator or a private link; leave None for a real account.
+    host: str | None = None
+    port: int | None = None
+    protocol: Literal["http", "https"] = "https"
+    events_table: str = "EVENTS"
+    offsets_table: str = "KAFKA_OFFSETS"
+    login_timeout_s: PositiveInt = 30
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``snowflake.connector.connect``."""
+        kwargs: dict[str, Any] = {
+            "account": self.account,
+            "user": self.user,
+            "password": self.password.reveal(),
+            "database": self.database,
+            "schema": self.schema,
+            "login_timeout": self.login_timeout_s,
+            "session_parameters": {"QUERY_TAG": "eventray"},
+        }
+        for key, value in (("warehouse", self.warehouse), ("role", self.role),
+                           ("host", self.host), ("port", self.port)):
+            if value is not None:
+                kwargs[key] = value
+        if self.host is not None:
+            kwargs["protocol"] = self.protocol
+        return kwargs
+
+
+class ValidationRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Business rules applied by the consumers (the contract checks shapes; these check sense)."""
+
+    max_amount_minor: PositiveInt = 100_000_000_00  # 100M in minor units
+    max_future_skew_s: PositiveFloat = 300.0
+    max_past_age_days: PositiveInt = 365 * 5
+
+
+class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a partition consumer reads and batches."""
+
+    group_id: str = "eventray-pipeline"
+    batch_max_events: PositiveInt = 5000
+    batch_max_bytes: PositiveInt = 8 * 1024 * 1024
+    batch_max_wait_s: PositiveFloat = 0.5
+    poll_timeout_s: PositiveFloat = 0.2
+    dedup_window_s: PositiveFloat = 24 * 3600.0
+    # Logical CPUs a consumer actor reserves; small so many fit on a 2-core node.
+    num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    max_restarts: int = -1
+
+
+class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The Snowflake sink pool."""
+
+    pool_size: PositiveInt = 2
+    max_restarts: int = -1
+    num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    retry_attempts: PositiveInt = 5
+    retry_backoff_s: PositiveFloat = 0.5
+
+
+class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the actors need, handed to the supervisor and on to each actor."""
+
+    kafka: KafkaConnection = KafkaConnection()
+    topics: TopicsConfig = TopicsConfig()
+    snowflake: SnowflakeConfig = SnowflakeConfig()
+    consumer: ConsumerConfig = ConsumerConfig()
+    sink: SinkConfig = SinkConfig()
+    rules: ValidationRules = ValidationRules()
+    namespace: str = "eventray"
+    reconcile_interval_s: PositiveFloat = 2.0

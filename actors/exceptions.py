@@ -1,0 +1,39 @@
+"""The error hierarchy shared by every eventray package.
+
+``EventrayError`` is the single root; each part (actors, gateway, cluster) derives its own
+errors from it so a caller can catch one type. Kafka errors keep librdkafka's code.
+"""
+
+from __future__ import annotations
+
+
+class EventrayError(Exception):
+    """Root of every error raised by eventray."""
+
+
+class ConfigError(EventrayError):
+    """A setting is missing or invalid; the message names the key and the reason."""
+
+
+class ContractError(EventrayError):
+    """An event does not match the contract."""
+
+
+class KafkaDeliveryError(EventrayError):
+    """Kafka did not acknowledge a record (or an admin/consume call failed).
+
+    ``code`` is librdkafka's error code (``KafkaError.code()``) when there is one.
+    """
+
+    def __init__(self, message: str, code: int | None = None, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+
+
+class SinkError(EventrayError):
+    """The warehouse rejected or failed a write."""
+
+
+class OffsetGapError(SinkError):
+    """A batch does not continue where the partition's committed offset stands."""

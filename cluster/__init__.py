@@ -1,0 +1,1 @@
+"""Composition: settings, the local stack, the supervisor, the Ray job, the CLI, benchmarks."""

@@ -1,0 +1,73 @@
+"""The ``eventray`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(settings, args) -> int``; this module only parses, loads settings and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from actors.exceptions import EventrayError
+from cluster.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+class Command(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def run(self, settings: object, args: argparse.Namespace) -> int: ...
+
+
+# name -> (module, help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-kafka": ("cluster.kafka_dist", "download the pinned Kafka jars (cached)"),
+    "up": ("cluster.cmd_up", "start the local stack: Kafka, the Snowflake emulator, Ray"),
+    "down": ("cluster.cmd_down", "stop what 'up' started"),
+    "status": ("cluster.cmd_status", "what runs, and per-partition lag of the pipeline"),
+    "gateway": ("cluster.cmd_gateway", "deploy the HTTP gateway onto the running Ray instance"),
+    "run": ("cluster.demo", "the whole job on the local stack, with a generated workload"),
+    "bench": ("cluster.cmd_bench", "benchmarks: 'bench gateway' or 'bench pipeline'"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventray", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="settings TOML file (default: $EVENTRAY_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        _load(module_name).add_arguments(command_parser)
+    return parser
+
+
+def _load(module_name: str) -> Command:
+    module: Command = importlib.import_module(module_name)  # type: ignore[assignment]
+    return module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+        return _load(COMMANDS[args.command][0]).run(settings, args)
+    except EventrayError as exc:
+        print(f"eventray {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
