@@ -1,0 +1,27 @@
+"""``eventray bench gateway|pipeline``: benchmarks that print ratios against raw baselines
+measured in the same run. Each benchmark module exposes ``add_arguments`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from cluster.settings import Settings
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "gateway": ("cluster.bench_gateway", "HTTP -> Kafka through Serve vs plain uvicorn vs produce"),
+    "pipeline": ("cluster.bench_pipeline", "topic -> rows: pipeline vs raw consume vs raw sink"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        bench_parser = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).add_arguments(bench_parser)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHMARKS[args.benchmark][0])
+    result: int = module.run(settings, args)
+    return result
