@@ -46,42 +46,42 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Options shared by every contract Struct."""
 
 
-class PaymentBody(_Strict):
+class PaymentBody(_Strict, frozen=True):
     amount_minor: AmountMinor
     currency: Currency
     merchant_id: AccountId
     description: ShortText | None = None
 
 
-class RefundBody(_Strict):
+class RefundBody(_Strict, frozen=True):
     payment_event_id: EventId
     amount_minor: AmountMinor
     currency: Currency
     reason: ShortText | None = None
 
 
-class AccountBody(_Strict):
+class AccountBody(_Strict, frozen=True):
     country: Country
     email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
     display_name: ShortText | None = None
 
 
-class _Envelope(_Strict, tag_field="type", kw_only=True):
+class _Envelope(_Strict, frozen=True, tag_field="type", kw_only=True):
     event_id: EventId
     account_id: AccountId
     occurred_at: AwareDatetime
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
-class PaymentCaptured(_Envelope, tag="payment.captured", kw_only=True):
+class PaymentCaptured(_Envelope, frozen=True, tag="payment.captured", kw_only=True):
     body: PaymentBody
 
 
-class PaymentRefunded(_Envelope, tag="payment.refunded", kw_only=True):
+class PaymentRefunded(_Envelope, frozen=True, tag="payment.refunded", kw_only=True):
     body: RefundBody
 
 
-class AccountUpdated(_Envelope, tag="account.updated", kw_only=True):
+class AccountUpdated(_Envelope, frozen=True, tag="account.updated", kw_only=True):
     body: AccountBody
 
 
@@ -119,9 +119,9 @@ class EventCodec:
     """Decoders and encoder for the contract. Not picklable: build one per process."""
 
     def __init__(self) -> None:
-        self.json_event = msgspec.json.Decoder(Event)
+        self.json_event: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
         self.json_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
-        self.msgpack_event = msgspec.msgpack.Decoder(Event)
+        self.msgpack_event: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
         self.msgpack_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
         self.json_encoder = msgspec.json.Encoder()
 

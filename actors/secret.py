@@ -6,7 +6,7 @@ from typing import Any
 
 
 class Secret:
-    """Wraps a secret value; ``str``/``repr`` print ``'**********'``. Call ``reveal()`` to use it."""
+    """A secret value; ``str``/``repr`` print asterisks. Call ``reveal()`` to use it."""
 
     __slots__ = ("_value",)
 

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(module_name: str) -> Command:
-    module: Command = importlib.import_module(module_name)  # type: ignore[assignment]
+    module: Command = importlib.import_module(module_name)
     return module
 
 

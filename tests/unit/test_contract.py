@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from actors.contract import (
+    EVENT_TYPES,
+    AccountUpdated,
+    EventCodec,
+    PaymentCaptured,
+    describe_error,
+    event_type,
+)
+from actors.secret import Secret
+
+GOOD = {
+    "type": "payment.captured",
+    "event_id": "e-1",
+    "account_id": "acct-1",
+    "occurred_at": "2026-11-28T12:00:00Z",
+    "body": {"amount_minor": 1250, "currency": "EUR", "merchant_id": "m-1"},
+}
+
+
+def _decode(doc: object) -> object:
+    return EventCodec().decode_json(msgspec.json.encode(doc))
+
+
+def test_a_valid_event_decodes_to_its_typed_variant_and_round_trips() -> None:
+    codec = EventCodec()
+    event = codec.decode_json(msgspec.json.encode(GOOD))
+    assert isinstance(event, PaymentCaptured)
+    assert event_type(event) == "payment.captured"
+    assert event.occurred_at == datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert event.schema_version == 1
+    assert codec.decode_json(codec.encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"type": "payment.lost"}, "$.type", "Invalid value 'payment.lost'"),
+        ({"event_id": ""}, "$.event_id", "Expected `str` of length >= 1"),
+        ({"occurred_at": "2026-11-28T12:00:00"}, "$.occurred_at", "timezone"),
+        ({"schema_version": 2}, "$.schema_version", "Invalid enum value 2"),
+        ({"extra": 1}, "$", "unknown field `extra`"),
+        ({"body": {"amount_minor": -1, "currency": "EUR", "merchant_id": "m"}},
+         "$.body.amount_minor", ">= 0"),
+        ({"body": {"amount_minor": 10**30, "currency": "EUR", "merchant_id": "m"}},
+         "$.body.amount_minor", "<= 9007199254740992"),
+        ({"body": {"amount_minor": 1, "currency": "eur", "merchant_id": "m"}},
+         "$.body.currency", "matching regex"),
+        ({"body": {"currency": "EUR", "merchant_id": "m"}}, "$.body",
+         "missing required field `amount_minor`"),
+        ({"body": {"country": "DE"}}, "$.body", "unknown field `country`"),
+    ],
+)
+def test_contract_errors_name_the_field_and_the_reason(
+    change: dict[str, object], field: str, reason: str
+) -> None:
+    with pytest.raises(msgspec.ValidationError) as info:
+        _decode({**GOOD, **change})
+    error = describe_error(info.value)
+    assert error.field == field
+    assert reason in error.reason
+
+
+def test_malformed_json_is_a_decode_error_at_the_root() -> None:
+    with pytest.raises(msgspec.DecodeError) as info:
+        EventCodec().decode_json(b'{"type": ')
+    assert describe_error(info.value).field == "$"
+
+
+def test_every_variant_has_a_distinct_tag() -> None:
+    tags = [cls.__struct_config__.tag for cls in EVENT_TYPES]
+    assert len(set(tags)) == len(tags) == 3
+    assert AccountUpdated.__struct_config__.tag == "account.updated"
+
+
+def test_secrets_are_masked_but_survive_pickling() -> None:
+    secret = Secret("hunter2")
+    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
+    assert pickle.loads(pickle.dumps(secret)).reveal() == "hunter2"
