@@ -1,0 +1,93 @@
+"""Warehouse rows and the batches that carry them from a consumer to a sink.
+
+An ``EventRow`` is one events-table row with its Kafka lineage (topic, partition, offset, the
+gateway's request id and accept time), like the Snowflake Kafka connector's RECORD_METADATA.
+A consumer encodes a batch's rows once into ONE JSON array (``encode_rows``); the sink binds that
+array as a single parameter and Snowflake flattens it server side, so a batch of thousands of
+rows is one statement and one bound value, and crosses the Ray actor boundary as bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+from actors.contract import AccountBody, Event, PaymentBody, RefundBody, event_type
+
+Body = PaymentBody | RefundBody | AccountBody
+EMPTY_ROWS: Final = b"[]"
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    """One events-table row. ``body`` is stored as a VARIANT, encoded as the typed Struct."""
+
+    event_id: str
+    account_id: str
+    event_type: str
+    occurred_at: datetime
+    schema_version: int
+    body: Body
+    kafka_topic: str
+    kafka_partition: int
+    kafka_offset: int
+    request_id: str | None
+    accepted_at_ms: int | None  # gateway accept time (epoch ms), from the record header
+
+
+class SinkBatch(msgspec.Struct, frozen=True):
+    """The rows of one partition's offset range ``[from_offset, to_offset)``.
+
+    ``from_offset`` is the partition's committed next offset the batch continues from;
+    ``to_offset`` is the next offset after the last record consumed for the batch. Invalid and
+    duplicate records are inside the range too, so a batch may carry no rows and still advance.
+    """
+
+    topic: str
+    partition: int
+    from_offset: int
+    to_offset: int
+    rows_json: bytes  # encode_rows(...) output, b"[]" when empty
+    row_count: int
+
+
+class FlushResult(msgspec.Struct, frozen=True):
+    """What one ``write`` did."""
+
+    rows_written: int
+    rows_skipped: int  # rows whose offset was already committed (an idempotent retry)
+    committed_offset: int  # the partition's next offset after this call
+    seconds: float
+
+
+def row_from_event(
+    event: Event, *, topic: str, partition: int, offset: int,
+    request_id: str | None, accepted_at_ms: int | None,
+) -> EventRow:
+    """The row for a validated event read at ``topic``/``partition``/``offset``."""
+    return EventRow(
+        event_id=event.event_id,
+        account_id=event.account_id,
+        event_type=event_type(event),
+        occurred_at=event.occurred_at,
+        schema_version=event.schema_version,
+        body=event.body,
+        kafka_topic=topic,
+        kafka_partition=partition,
+        kafka_offset=offset,
+        request_id=request_id,
+        accepted_at_ms=accepted_at_ms,
+    )
+
+
+# Encoders are stateless and thread-safe to use; one per process is reused for every batch.
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_rows(rows: Sequence[EventRow]) -> bytes:
+    """ONE JSON array for the whole batch (``b"[]"`` when empty)."""
+    if not rows:
+        return EMPTY_ROWS
+    return _ENCODER.encode(rows)
