@@ -21,8 +21,15 @@ class ProducerTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_max_messages: PositiveInt = 500_000
     queue_max_kbytes: PositiveInt = 1_048_576
     compression: str = "lz4"
-    # A request waits at most this long for Kafka's acknowledgement, then gets 503.
+    # A request waits at most this long for Kafka's acknowledgement, then gets 503; also
+    # librdkafka's message.timeout.ms, so an unacknowledged record is never reported accepted.
     delivery_timeout_s: PositiveFloat = 10.0
+    # Retry-After (seconds) sent with 429 (queue full) and 503 (Kafka unavailable).
+    retry_after_s: PositiveInt = 1
+    # How long /readyz waits for Kafka's metadata answer.
+    readiness_timeout_s: PositiveFloat = 2.0
+    # How long shutdown waits for the last records to be acknowledged.
+    flush_timeout_s: PositiveFloat = 10.0
 
 
 class ServeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,0 +1,242 @@
+"""The gateway's Starlette app: explicit routes, a lifespan that owns the producer.
+
+``create_app(config)`` builds everything the app needs (decoders, metrics, producer object)
+and returns the app; the Kafka client itself is created when the lifespan starts, in the
+process that serves. Nothing lives at module level, so the same factory runs under plain
+uvicorn and inside a Ray Serve replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
+    HEADER_CONTENT_TYPE,
+    HEADER_REQUEST_ID,
+    HEADER_SCHEMA_VERSION,
+    RECORD_CONTENT_TYPE,
+    SCHEMA_VERSION,
+    Event,
+    EventCodec,
+)
+from gateway.auth import ApiKeyCheck
+from gateway.config import GatewayConfig
+from gateway.decoding import BodyDecoder, parse_media_type
+from gateway.exceptions import (
+    KafkaRejectedError,
+    KafkaUnavailableError,
+    Problem,
+    ProducerBusyError,
+    ProducerClosedError,
+    RequestRejectedError,
+)
+from gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from gateway.openapi import openapi_document
+from gateway.producer import DeliveryProducer
+from gateway.responses import (
+    Accepted,
+    DeliveredEvent,
+    ErrorBody,
+    Health,
+    ProblemBody,
+    Readiness,
+)
+
+log = logging.getLogger(__name__)
+
+JSON: Final = "application/json"
+_SCHEMA_VERSION_BYTES: Final = str(SCHEMA_VERSION).encode()
+_RECORD_CONTENT_TYPE_BYTES: Final = RECORD_CONTENT_TYPE.encode()
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Gateway:
+    """The request handlers and the state they share; one per app."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.codec = EventCodec()
+        self.decoder = BodyDecoder(self.codec, config.max_events_per_request)
+        self.auth = ApiKeyCheck(config.api_keys)
+        self.producer = DeliveryProducer(config)
+        self.metrics = GatewayMetrics(self.producer.queue_length)
+        self.encoder = msgspec.json.Encoder()
+        self.retry_after = str(config.producer.retry_after_s)
+        self.openapi = msgspec.json.encode(openapi_document(config))
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.producer.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.producer.close, self.config.producer.flush_timeout_s)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def post_event(self, request: Request) -> Response:
+        return await self._accept(request, batch=False)
+
+    async def post_batch(self, request: Request) -> Response:
+        return await self._accept(request, batch=True)
+
+    async def _accept(self, request: Request, *, batch: bool) -> Response:
+        route = "/v1/events/batch" if batch else "/v1/events"
+        request_id = uuid.uuid4().hex
+        events: list[Event] = []
+        try:
+            self.auth.check(request.headers)
+            media = parse_media_type(request.headers.get("content-type"), batch=batch)
+            body = await self._read_body(request)
+            if batch:
+                events = self.decoder.decode_batch(body, media)
+            else:
+                events = [self.decoder.decode_one(body, media)]
+            response = await self._produce(request_id, events)
+        except RequestRejectedError as exc:
+            self.metrics.events_refused.labels(exc.error).inc(exc.events)
+            response = self._error(request_id, exc.status, exc.error, exc.message, exc.problems)
+        except ProducerBusyError as exc:
+            response = self._unavailable(request_id, 429, "producer_busy", str(exc), events)
+        except (KafkaUnavailableError, ProducerClosedError) as exc:
+            log.warning("not acknowledged request_id=%s events=%d: %s",
+                        request_id, len(events), exc)
+            response = self._unavailable(request_id, 503, "kafka_unavailable", str(exc), events)
+        except KafkaRejectedError as exc:
+            log.exception("rejected by Kafka request_id=%s events=%d code=%s",
+                          request_id, len(events), exc.code)
+            self.metrics.events_refused.labels("kafka_rejected").inc(len(events))
+            response = self._error(request_id, 500, "kafka_rejected", str(exc), [])
+        self.metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestRejectedError(400, "invalid_request", "bad Content-Length",
+                                           [Problem(None, "Content-Length", "not a number")])
+            if int(declared) > limit:
+                raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _produce(self, request_id: str, events: list[Event]) -> Response:
+        headers = [
+            (HEADER_CONTENT_TYPE, _RECORD_CONTENT_TYPE_BYTES),
+            (HEADER_REQUEST_ID, request_id.encode()),
+            (HEADER_ACCEPTED_AT_MS, str(time.time_ns() // 1_000_000).encode()),
+            (HEADER_SCHEMA_VERSION, _SCHEMA_VERSION_BYTES),
+        ]
+        encode = self.codec.encode
+        keys = [event.account_id.encode() for event in events]
+        values = [encode(event) for event in events]
+        started = time.perf_counter()
+        deliveries = await self.producer.produce(keys, values, headers)
+        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        self.metrics.events_accepted.inc(len(events))
+        topic = self.producer.topic
+        results = [
+            DeliveredEvent(index, event.event_id, topic, partition, offset)
+            for index, (event, (partition, offset)) in enumerate(
+                zip(events, deliveries, strict=True))
+        ]
+        body = self.encoder.encode(Accepted(request_id, len(results), results))
+        return Response(body, 202, {"x-request-id": request_id}, JSON)
+
+    def _unavailable(self, request_id: str, status: int, error: str, message: str,
+                     events: list[Event]) -> Response:
+        self.metrics.events_refused.labels(error).inc(max(len(events), 1))
+        response = self._error(request_id, status, error, message, [])
+        response.headers["retry-after"] = self.retry_after
+        return response
+
+    def _error(self, request_id: str, status: int, error: str, message: str,
+               problems: list[Problem]) -> Response:
+        body = ErrorBody(request_id, error, message,
+                         [ProblemBody(p.index, p.field, p.reason) for p in problems])
+        return Response(self.encoder.encode(body), status, {"x-request-id": request_id}, JSON)
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def healthz(self, _request: Request) -> Response:
+        return Response(self.encoder.encode(Health("ok")), 200, media_type=JSON)
+
+    async def readyz(self, _request: Request) -> Response:
+        topic = self.producer.topic
+        try:
+            info = await asyncio.to_thread(self.producer.check_ready,
+                                           self.config.producer.readiness_timeout_s)
+        except (KafkaUnavailableError, KafkaRejectedError, ProducerClosedError) as exc:
+            body = Readiness("unavailable", topic, reason=str(exc))
+            return Response(self.encoder.encode(body), 503,
+                            {"retry-after": self.retry_after}, JSON)
+        body = Readiness("ready", topic, info["partitions"], info["brokers"])
+        return Response(self.encoder.encode(body), 200, media_type=JSON)
+
+    async def metrics_text(self, _request: Request) -> Response:
+        return Response(self.metrics.render(), 200, media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi_json(self, _request: Request) -> Response:
+        return Response(self.openapi, 200, media_type=JSON)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        self.metrics.requests.labels("other", str(exc.status_code)).inc()
+        response = self._error(uuid.uuid4().hex, exc.status_code, error, str(exc.detail),
+                               [Problem(None, "path", f"{request.method} {request.url.path}")])
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/events", self.post_event, methods=["POST"]),
+            Route("/v1/events/batch", self.post_batch, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+            Route("/openapi.json", self.openapi_json, methods=["GET"]),
+        ]
+
+
+def _too_large(size: int, limit: int) -> RequestRejectedError:
+    return RequestRejectedError(
+        413, "payload_too_large", f"body of {size}+ bytes is over the limit of {limit} bytes",
+        [Problem(None, "$", f"body larger than {limit} bytes")])
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    """The gateway app. Build it in the process that serves it (it holds msgspec decoders)."""
+    gateway = Gateway(config)
+    app = Starlette(
+        routes=gateway.routes(),
+        middleware=[],
+        exception_handlers={HTTPException: gateway.http_error},
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway
+    return app
