@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.config import KafkaConnection
+from cluster.settings import load_settings
+from gateway.config import GatewayConfig, ProducerTuning, ServeConfig
+from gateway.producer import producer_config
+from gateway.serve_app import deployment_options, serve_env
+
+
+def test_the_producer_is_idempotent_acks_all_and_times_out_at_the_request_deadline() -> None:
+    config = GatewayConfig(
+        kafka=KafkaConnection(bootstrap_servers="b:1", extra={"socket.keepalive.enable": "true"}),
+        producer=ProducerTuning(linger_ms=7, delivery_timeout_s=2.5),
+    )
+    conf = producer_config(config)
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+    assert conf["message.timeout.ms"] == 2500
+    assert conf["request.timeout.ms"] <= 2500
+    assert conf["linger.ms"] == 7
+    assert conf["bootstrap.servers"] == "b:1"
+    assert conf["socket.keepalive.enable"] == "true"
+
+
+def test_fixed_replicas_or_autoscaling_from_settings() -> None:
+    fixed = deployment_options(ServeConfig(num_replicas=3, replica_num_cpus=0.25))
+    assert fixed["num_replicas"] == 3
+    assert "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 0.25}
+    scaled = deployment_options(ServeConfig(autoscaling=True, min_replicas=2, max_replicas=5))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"]["min_replicas"] == 2
+    assert scaled["autoscaling_config"]["max_replicas"] == 5
+
+
+def test_haproxy_and_throughput_mode_are_on_by_default(tmp_path: Path) -> None:
+    assert serve_env(ServeConfig()) == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    isolated = serve_env(ServeConfig(), scratch_dir=tmp_path)
+    assert isolated["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path.resolve()))
+    assert int(isolated["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0
+    off = serve_env(ServeConfig(haproxy=False, throughput_optimized=False), scratch_dir=tmp_path)
+    assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+
+
+def test_settings_carry_the_gateway_producer_settings() -> None:
+    settings = load_settings(environ={
+        "EVENTRAY_GATEWAY__PRODUCER__DELIVERY_TIMEOUT_S": "3.5",
+        "EVENTRAY_GATEWAY__PRODUCER__RETRY_AFTER_S": "4",
+        "EVENTRAY_KAFKA__BOOTSTRAP_SERVERS": "k:9",
+    })
+    config = settings.gateway_config()
+    assert config.producer.delivery_timeout_s == 3.5
+    assert config.producer.retry_after_s == 4
+    assert config.kafka.bootstrap_servers == "k:9"

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+import pytest
+
+from actors.contract import EventCodec, PaymentCaptured
+from gateway.decoding import BodyDecoder, MediaType, parse_media_type
+from gateway.exceptions import Problem, RequestRejectedError
+
+GOOD: dict[str, Any] = {
+    "type": "payment.captured",
+    "event_id": "e-1",
+    "account_id": "acct-1",
+    "occurred_at": "2026-11-28T12:00:00Z",
+    "body": {"amount_minor": 1250, "currency": "EUR", "merchant_id": "m-1"},
+}
+
+
+def event(n: int, **changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(GOOD)
+    doc["event_id"] = f"e-{n}"
+    doc.update(changes)
+    return doc
+
+
+def rejected(call: Any, *args: Any) -> RequestRejectedError:
+    with pytest.raises(RequestRejectedError) as info:
+        call(*args)
+    return info.value
+
+
+@pytest.fixture
+def decoder() -> BodyDecoder:
+    return BodyDecoder(EventCodec(), max_events=3)
+
+
+@pytest.mark.parametrize(("header", "batch", "expected"), [
+    ("application/json", False, MediaType.JSON),
+    ("Application/JSON; charset=utf-8", True, MediaType.JSON),
+    ("application/x-ndjson", True, MediaType.NDJSON),
+    ("application/msgpack", False, MediaType.MSGPACK),
+    ("application/vnd.msgpack", True, MediaType.MSGPACK),
+])
+def test_accepted_content_types(header: str, batch: bool, expected: MediaType) -> None:
+    assert parse_media_type(header, batch=batch) is expected
+
+
+@pytest.mark.parametrize(("header", "batch"), [
+    (None, False), ("", True), ("text/plain", True), ("application/xml", False),
+    ("application/x-ndjson", False),  # NDJSON is a batch format only
+])
+def test_other_content_types_are_415_naming_the_header(header: str | None, batch: bool) -> None:
+    exc = rejected(lambda: parse_media_type(header, batch=batch))
+    assert exc.status == 415
+    assert exc.problems[0].field == "Content-Type"
+
+
+def test_a_json_batch_decodes_every_event_in_order(decoder: BodyDecoder) -> None:
+    body = msgspec.json.encode([event(1), event(2)])
+    events = decoder.decode_batch(body, MediaType.JSON)
+    assert [e.event_id for e in events] == ["e-1", "e-2"]
+    assert all(isinstance(e, PaymentCaptured) for e in events)
+
+
+def test_ndjson_skips_blank_lines_and_msgpack_decodes_the_same(decoder: BodyDecoder) -> None:
+    ndjson = b"\n".join(msgspec.json.encode(event(n)) for n in (1, 2)) + b"\n\r\n"
+    msgpack = msgspec.msgpack.encode([event(1), event(2)])
+    assert decoder.decode_batch(ndjson, MediaType.NDJSON) == decoder.decode_batch(
+        msgpack, MediaType.MSGPACK)
+
+
+def test_one_bad_event_refuses_the_whole_batch_listing_each_problem(
+        decoder: BodyDecoder) -> None:
+    bad_currency = event(2, body={**GOOD["body"], "currency": "euro"})
+    unknown_field = {**event(3), "colour": "red"}
+    body = msgspec.json.encode([event(1), bad_currency, unknown_field])
+    exc = rejected(decoder.decode_batch, body, MediaType.JSON)
+    assert exc.status == 400
+    assert exc.events == 3
+    assert [(p.index, p.field) for p in exc.problems] == [(1, "$.body.currency"), (2, "$")]
+    assert "colour" in exc.problems[1].reason
+
+
+def test_a_repeated_event_id_in_one_batch_is_refused(decoder: BodyDecoder) -> None:
+    body = msgspec.json.encode([event(1), event(2), event(1)])
+    exc = rejected(decoder.decode_batch, body, MediaType.JSON)
+    assert exc.problems == [
+        Problem(2, "$.event_id", "duplicate event_id in this batch (first at index 0)")]
+
+
+def test_too_many_events_is_413(decoder: BodyDecoder) -> None:
+    body = msgspec.json.encode([event(n) for n in range(4)])
+    exc = rejected(decoder.decode_batch, body, MediaType.JSON)
+    assert (exc.status, exc.error) == (413, "too_many_events")
+
+
+@pytest.mark.parametrize(("body", "field", "reason_part"), [
+    (b"", "$", "empty body"),
+    (b"   ", "$", "empty body"),
+    (b'{"type": "payment.captured", ', "$", "malformed"),
+    (msgspec.json.encode({k: v for k, v in GOOD.items() if k != "account_id"}), "$",
+     "missing required field `account_id`"),
+    (msgspec.json.encode({**GOOD, "event_id": 7}), "$.event_id", "Expected `str`"),
+    (msgspec.json.encode({**GOOD, "body": {**GOOD["body"], "amount_minor": 10**30}}),
+     "$.body.amount_minor", "<= 9007199254740992"),
+    (msgspec.json.encode(GOOD).replace(b'"m-1"', b'"m-\xff"'), "$", "invalid UTF-8"),
+    (msgspec.json.encode({**GOOD, "type": "payment.voided"}), "$.type", "Invalid value"),
+])
+def test_single_event_problems_name_field_and_reason(
+        decoder: BodyDecoder, body: bytes, field: str, reason_part: str) -> None:
+    exc = rejected(decoder.decode_one, body, MediaType.JSON)
+    assert exc.status == 400
+    assert exc.problems[0].index == 0
+    assert exc.problems[0].field == field
+    assert reason_part in exc.problems[0].reason
+
+
+@pytest.mark.parametrize(("body", "reason_part"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nesting too deep"),
+    (b"[]", "empty batch"),
+    (b'{"not": "an array"}', "Expected `array`"),
+    (b"[{]", "malformed"),
+])
+def test_batch_level_problems_have_no_index(
+        decoder: BodyDecoder, body: bytes, reason_part: str) -> None:
+    exc = rejected(decoder.decode_batch, body, MediaType.JSON)
+    assert exc.status == 400
+    assert exc.problems[0].index is None
+    assert reason_part in exc.problems[0].reason
