@@ -30,6 +30,7 @@ from gateway.exceptions import (
 )
 
 log = logging.getLogger(__name__)
+_librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 Headers = Sequence[tuple[str, bytes]]
 # (partition, offset) of an acknowledged record.
@@ -134,6 +135,7 @@ class DeliveryProducer:
 
         conf = producer_config(self._config)
         conf["error_cb"] = self._on_error
+        conf["logger"] = _librdkafka_log  # librdkafka's own log lines, into logging
         self._client = Producer(conf)
         self._fatal = None
         self.generation += 1

@@ -47,7 +47,7 @@ class Health(msgspec.Struct, frozen=True):
     status: str
 
 
-class Readiness(msgspec.Struct, frozen=True):
+class Readiness(msgspec.Struct, frozen=True, omit_defaults=True):
     """``status`` is ready or unavailable; ``reason`` says why when unavailable."""
 
     status: str

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+from starlette.applications import Starlette
 
 from actors.secret import Secret, secret_dec_hook
 from gateway.app import create_app
@@ -29,13 +30,14 @@ from gateway.exceptions import GatewayError
 log = logging.getLogger(__name__)
 
 
-def build_server(config: GatewayConfig, *, log_level: str = "warning") -> Any:
-    """A ``uvicorn.Server`` for the app (not started)."""
+def build_server(config: GatewayConfig, *, log_level: str = "warning",
+                 app: Starlette | None = None) -> Any:
+    """A ``uvicorn.Server`` for the app (``create_app(config)`` unless given; not started)."""
     import uvicorn
 
     uv_config = uvicorn.Config(
-        create_app(config), host=config.host, port=config.port, log_level=log_level,
-        access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+        app if app is not None else create_app(config), host=config.host, port=config.port,
+        log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5,
     )
     return uvicorn.Server(uv_config)
 
@@ -48,9 +50,13 @@ def bound_url(server: Any) -> str:
 
 
 @contextmanager
-def serve_uvicorn(config: GatewayConfig, *, start_timeout_s: float = 30.0) -> Iterator[str]:
-    """Serve the app in a background thread; yield its base URL; stop it on exit."""
-    server = build_server(config)
+def serve_uvicorn(config: GatewayConfig, *, start_timeout_s: float = 30.0,
+                  app: Starlette | None = None) -> Iterator[str]:
+    """Serve the app in a background thread; yield its base URL; stop it on exit.
+
+    Pass ``app`` (from ``create_app(config)``) to keep a handle on it, e.g. its
+    ``app.state.gateway``."""
+    server = build_server(config, app=app)
     errors: list[BaseException] = []
 
     def run() -> None:
