@@ -1,0 +1,611 @@
+"""The partition-pinned consumer: one Ray actor per (topic, partition).
+
+The actor (named ``consumer:<topic>:<partition>``) builds its confluent-kafka Consumer inside
+itself, ``assign()``s its one partition (no group rebalancing) and runs a loop in a thread:
+
+1. consume records until the batch is full (events, bytes) or old enough (``ConsumerConfig``);
+2. plan the batch (``plan_batch``, pure): decode against the contract, apply the business rules,
+   drop duplicates of events already written for the account within the dedup window;
+3. dead-letter the invalid records in one Kafka transaction (``actors.dead_letter``);
+4. send the rows to its sink (``sink:<p % pool_size>``) as one ``SinkBatch``; only one batch is
+   in flight, and the next one is consumed and planned while it is written;
+5. after the write committed, commit the consumer-group offset (for lag tools only).
+
+Exactly once: the warehouse's offsets table is the authoritative position. At (re)start the
+actor asks its sink for the committed offset, seeks there, and rebuilds the dedup window from
+the rows written recently; the sink skips rows below its committed offset and the DLQ producer
+skips records at or below what a predecessor already dead-lettered, so any batch may be
+re-processed or re-sent safely.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from actors.config import ConsumerConfig, PipelineConfig, ValidationRules
+from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
+    HEADER_REQUEST_ID,
+    Event,
+    EventCodec,
+    describe_error,
+)
+from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, DeadLetterProducer, Recovered
+from actors.exceptions import EventrayError, KafkaDeliveryError, OffsetGapError, SinkError
+from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows, row_from_event
+from actors.validation import reason_code, validate_batch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DedupKey = tuple[str, str]  # (account_id, event_id)
+
+CONTRACT_REASON: Final = "contract"
+_RATE_WINDOW_S: Final = 30.0
+_MAX_BACKOFF_S: Final = 10.0
+
+
+def consumer_name(topic: str, partition: int) -> str:
+    """The Ray actor name of the consumer that owns ``topic``/``partition``."""
+    return f"consumer:{topic}:{partition}"
+
+
+def sink_name(index: int) -> str:
+    return f"sink:{index}"
+
+
+def sink_index(partition: int, pool_size: int) -> int:
+    """Partition p always writes through sink ``p % pool_size``, which serializes its writes."""
+    return partition % pool_size
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+class SourceRecord(msgspec.Struct, frozen=True):
+    """One Kafka record of the source partition, with the gateway's headers parsed."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = []
+    request_id: str | None = None
+    accepted_at_ms: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"") + len(self.key or b"")
+
+
+def record_from_message(msg: Any) -> SourceRecord:
+    """A ``SourceRecord`` from a confluent-kafka ``Message``."""
+    headers = [(k, v) for k, v in (msg.headers() or ()) if v is not None]
+    request_id: str | None = None
+    accepted: int | None = None
+    for key, value in headers:
+        if key == HEADER_REQUEST_ID:
+            request_id = value.decode("utf-8", "replace")
+        elif key == HEADER_ACCEPTED_AT_MS:
+            try:
+                accepted = int(value)
+            except ValueError:
+                accepted = None  # a foreign producer's header: fall back to processing time
+    return SourceRecord(offset=msg.offset(), key=msg.key(), value=msg.value(), headers=headers,
+                        request_id=request_id, accepted_at_ms=accepted)
+
+
+class DedupWindow:
+    """Event keys written for this partition within the last ``window_s`` seconds of accept time.
+
+    Keys of one account land on one partition, so a per-partition window sees every duplicate.
+    Entries are evicted approximately in accept order (a deque in insertion order).
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self._window_ms = int(window_s * 1000)
+        self._at: dict[DedupKey, int] = {}
+        self._order: collections.deque[tuple[int, DedupKey]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def load(self, keys: Iterable[Sequence[str]], at_ms: int) -> None:
+        """Keys read back from the warehouse; their accept time is unknown, so they count as
+        accepted at ``at_ms`` (kept a little longer than needed, never shorter)."""
+        for account_id, event_id in keys:
+            self.add((str(account_id), str(event_id)), at_ms)
+
+    def seen(self, key: DedupKey) -> bool:
+        return key in self._at
+
+    def add(self, key: DedupKey, at_ms: int) -> None:
+        if key not in self._at:
+            self._at[key] = at_ms
+            self._order.append((at_ms, key))
+
+    def evict(self, now_ms: int) -> int:
+        """Forget keys accepted before ``now_ms - window``; return how many."""
+        cutoff = now_ms - self._window_ms
+        evicted = 0
+        while self._order and self._order[0][0] < cutoff:
+            _, key = self._order.popleft()
+            del self._at[key]
+            evicted += 1
+        return evicted
+
+
+class Accumulator:
+    """Collects records until a batch is full by count or bytes, or old enough."""
+
+    def __init__(self, config: ConsumerConfig) -> None:
+        self._max_events = config.batch_max_events
+        self._max_bytes = config.batch_max_bytes
+        self._max_wait_s = config.batch_max_wait_s
+        self.records: list[SourceRecord] = []
+        self.bytes = 0
+        self.started: float | None = None
+
+    @property
+    def room(self) -> int:
+        """How many more records fit by count."""
+        return max(self._max_events - len(self.records), 0)
+
+    def add(self, records: Sequence[SourceRecord], now: float) -> None:
+        if records and self.started is None:
+            self.started = now
+        self.records.extend(records)
+        self.bytes += sum(record.size for record in records)
+
+    def full(self, now: float) -> bool:
+        if not self.records:
+            return False
+        return (len(self.records) >= self._max_events or self.bytes >= self._max_bytes
+                or (self.started is not None and now - self.started >= self._max_wait_s))
+
+    def take(self) -> list[SourceRecord]:
+        records, self.records, self.bytes, self.started = self.records, [], 0, None
+        return records
+
+
+class BatchPlan(msgspec.Struct, frozen=True):
+    """What to do with one batch of records: the sink batch and the dead letters."""
+
+    batch: SinkBatch
+    dead_letters: list[DeadLetter]
+    consumed: int
+    valid: int
+    duplicates: int
+    already_dead_lettered: int  # invalid records a predecessor dead-lettered already
+    rejected: dict[str, int]    # dead letters by reason code
+
+
+def batch_range(next_from: int | None, records: Sequence[SourceRecord]) -> tuple[int, int]:
+    """``(from_offset, to_offset)`` of the batch made of ``records``.
+
+    ``next_from`` is where the previous batch ended (the warehouse's committed offset after a
+    start), or None for a partition never written, which then starts at its first record.
+    """
+    if not records:
+        raise ValueError("an empty batch has no offset range")
+    first, last = records[0].offset, records[-1].offset
+    from_offset = first if next_from is None else next_from
+    if first < from_offset or any(a.offset >= b.offset for a, b in pairwise(records)):
+        raise EventrayError(
+            f"records out of order: first={first} from_offset={from_offset} last={last}")
+    return from_offset, last + 1
+
+
+def plan_batch(
+    records: Sequence[SourceRecord], *, topic: str, partition: int, next_from: int | None,
+    codec: EventCodec, rules: ValidationRules, now: datetime, window: DedupWindow,
+    recovered: Recovered = NOTHING_RECOVERED, now_ms: int | None = None,
+) -> BatchPlan:
+    """Decode, validate and de-duplicate ``records`` (ascending offsets) into a ``BatchPlan``.
+
+    Records at or below ``recovered.watermark`` were processed before a restart: those in
+    ``recovered.offsets`` are already dead-lettered and skipped; the others were valid then and
+    stay valid (the first verdict wins, so a time-based rule cannot flip them). Accepted rows'
+    keys are added to ``window``, so duplicates inside the batch are dropped too.
+    """
+    from_offset, to_offset = batch_range(next_from, records)
+    arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
+    letters: list[DeadLetter] = []
+    rejected: dict[str, int] = {}
+    already = 0
+    # (record, event, first verdict was valid)
+    decoded: list[tuple[SourceRecord, Event, bool]] = []
+
+    def dead_letter(record: SourceRecord, reason: str) -> None:
+        letters.append(DeadLetter(source_offset=record.offset, key=record.key,
+                                  value=record.value or b"", reason=reason,
+                                  headers=record.headers))
+        code = reason_code(reason)
+        rejected[code] = rejected.get(code, 0) + 1
+
+    for record in records:
+        replayed = record.offset <= recovered.watermark
+        if replayed and recovered.already(record.offset):
+            already += 1
+            continue
+        try:
+            event = codec.decode_json(record.value if record.value is not None else b"")
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if replayed:
+                raise EventrayError(
+                    f"{topic}/{partition} offset {record.offset} breaks the contract but is not "
+                    "in the dead-letter topic below its watermark") from exc
+            error = describe_error(exc)
+            dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
+            continue
+        decoded.append((record, event, replayed))
+
+    fresh = [(record, event) for record, event, replayed in decoded if not replayed]
+    verdicts = dict(zip((record.offset for record, _ in fresh),
+                        validate_batch([event for _, event in fresh], rules, now), strict=True))
+    rows: list[EventRow] = []
+    duplicates = 0
+    for record, event, _replayed in decoded:
+        reason = verdicts.get(record.offset)
+        if reason is not None:
+            dead_letter(record, reason)
+            continue
+        key = (event.account_id, event.event_id)
+        if window.seen(key):
+            duplicates += 1
+            continue
+        window.add(key, record.accepted_at_ms if record.accepted_at_ms is not None
+                   else arrival_ms)
+        rows.append(row_from_event(event, topic=topic, partition=partition, offset=record.offset,
+                                   request_id=record.request_id,
+                                   accepted_at_ms=record.accepted_at_ms))
+    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
+                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
+    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
+                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+
+
+class RateMeter:
+    """Rows per second over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = _RATE_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.total = 0
+
+    def add(self, rows: int, now: float) -> None:
+        self.total += rows
+        self._samples.append((now, self.total))
+        while self._samples and self._samples[0][0] < now - self._window_s:
+            self._samples.popleft()
+
+    def rate(self, now: float) -> float:
+        if not self._samples:
+            return 0.0
+        first_t, first_total = self._samples[0]
+        span = max(now - first_t, 1.0)
+        return (self.total - first_total) / span if len(self._samples) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+class ConsumerStatus(msgspec.Struct, frozen=True):
+    """A consumer's own view of its partition, as answered by ``PartitionConsumer.status``."""
+
+    name: str
+    topic: str
+    partition: int
+    node_id: str
+    sink: str
+    running: bool
+    committed_offset: int | None  # the warehouse's, as of the last write or start
+    position: int | None          # next offset the consumer will batch
+    rows_written: int
+    duplicates: int
+    dead_lettered: int
+    rows_per_s: float
+    sessions: int                 # (re)starts of the loop inside this actor process
+    last_error: str | None
+
+
+class _InFlight:
+    """The one batch being written."""
+
+    def __init__(self, plan: BatchPlan, ref: Any, sent_at: float) -> None:
+        self.plan = plan
+        self.ref = ref
+        self.sent_at = sent_at
+
+
+class PartitionConsumer:
+    """Consumes one partition into its sink; the loop starts with the actor (and restarts)."""
+
+    def __init__(self, config: PipelineConfig, partition: int) -> None:
+        import ray
+
+        self._config = config
+        self._topic = config.topics.events
+        self._partition = partition
+        self._name = consumer_name(self._topic, partition)
+        self._sink_name = sink_name(sink_index(partition, config.sink.pool_size))
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._committed: int | None = None
+        self._position: int | None = None
+        self._rows = RateMeter()
+        self._duplicates = 0
+        self._dead_lettered = 0
+        self._sessions = 0
+        self._last_error: str | None = None
+        self._running = False
+        self._metrics: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- actor methods ------------------------------------------------------------------
+
+    def ping(self) -> str:
+        return self._name
+
+    def status(self) -> ConsumerStatus:
+        with self._lock:
+            return ConsumerStatus(
+                name=self._name, topic=self._topic, partition=self._partition,
+                node_id=self._node_id, sink=self._sink_name,
+                running=self._running and self._thread.is_alive(),
+                committed_offset=self._committed, position=self._position,
+                rows_written=self._rows.total, duplicates=self._duplicates,
+                dead_lettered=self._dead_lettered, rows_per_s=self._rows.rate(time.monotonic()),
+                sessions=self._sessions, last_error=self._last_error,
+            )
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Finish the batch in flight and stop; True when the loop ended in time."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from actors.metrics import PipelineMetrics
+
+        self._metrics = PipelineMetrics(self._topic, self._partition)
+        backoff = 0.5
+        while not self._stop.is_set():
+            with self._lock:
+                self._sessions += 1
+            try:
+                self._session()
+                backoff = 0.5
+            except Exception as exc:  # recorded, logged, session rebuilt from the warehouse
+                with self._lock:
+                    self._running = False
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("consumer session failed name=%s: restarting from the "
+                              "warehouse offset in %.1fs", self._name, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        with self._lock:
+            self._running = False
+
+    def _sink(self) -> Any:
+        import ray
+
+        return ray.get_actor(self._sink_name, namespace=self._config.namespace)
+
+    def _call_sink(self, call: Callable[[Any], Any]) -> Any:
+        """``ray.get(call(sink))``, retried while the sink is dead, restarting or recreated."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        backoff = self._config.sink.retry_backoff_s
+        while True:
+            try:
+                return ray.get(call(self._sink()))
+            except (RayActorError, ValueError) as exc:  # ValueError: no such named actor yet
+                self._note_retry(exc, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    def _note_retry(self, exc: BaseException, backoff: float) -> None:
+        with self._lock:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("sink unavailable name=%s sink=%s retry_in=%.1fs: %s",
+                    self._name, self._sink_name, backoff, exc)
+
+    def _session(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        cfg = self._config
+        topic, partition = self._topic, self._partition
+        committed: int | None = self._call_sink(
+            lambda s: s.committed_offset.remote(topic, partition))
+        now_ms = time.time_ns() // 1_000_000
+        window = DedupWindow(cfg.consumer.dedup_window_s)
+        since_ms = now_ms - int(cfg.consumer.dedup_window_s * 1000)
+        window.load(self._call_sink(lambda s: s.recent_keys.remote(topic, partition, since_ms)),
+                    now_ms)
+        dlq = DeadLetterProducer(cfg.kafka, cfg.topics.dead_letter, topic, partition)
+        consumer: Any = None
+        try:
+            recovered = dlq.start(floor=committed if committed is not None else 0)
+            conf = cfg.kafka.client_config()
+            conf.update({
+                "group.id": cfg.consumer.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "client.id": self._name,
+            })
+            consumer = Consumer(conf)
+            start = committed if committed is not None else OFFSET_BEGINNING
+            consumer.assign([TopicPartition(topic, partition, start)])
+            with self._lock:
+                self._committed = self._position = committed
+                self._running = True
+                self._last_error = None
+            log.info("consumer started name=%s node=%s committed=%s dedup_keys=%d "
+                     "dlq_watermark=%d", self._name, self._node_id, committed, len(window),
+                     recovered.watermark)
+            self._loop(consumer, dlq, window, recovered, committed)
+        finally:
+            if consumer is not None:
+                consumer.close()
+            dlq.close()
+
+    def _loop(self, consumer: Any, dlq: DeadLetterProducer, window: DedupWindow,
+              recovered: Recovered, committed: int | None) -> None:
+        cfg = self._config
+        codec = EventCodec()
+        acc = Accumulator(cfg.consumer)
+        next_from = committed
+        pending: _InFlight | None = None
+        while not self._stop.is_set():
+            if pending is not None and _ready(pending.ref):
+                self._finish(pending, consumer)
+                pending = None
+            msgs = consumer.consume(num_messages=max(acc.room, 1),
+                                    timeout=cfg.consumer.poll_timeout_s)
+            acc.add(self._records(msgs), time.monotonic())
+            if not acc.full(time.monotonic()):
+                continue
+            now = datetime.now(UTC)
+            now_ms = int(now.timestamp() * 1000)
+            window.evict(now_ms)
+            plan = plan_batch(acc.take(), topic=self._topic, partition=self._partition,
+                              next_from=next_from, codec=codec, rules=cfg.rules, now=now,
+                              window=window, recovered=recovered, now_ms=now_ms)
+            next_from = plan.batch.to_offset
+            self._metrics.count(plan.consumed, plan.valid, plan.duplicates, plan.rejected)
+            # Dead letters are committed before the batch's rows: a crash in between replays
+            # the batch, and the DLQ watermark keeps it from dead-lettering twice.
+            self._publish(dlq, plan.dead_letters)
+            if pending is not None:
+                self._finish(pending, consumer)
+            pending = self._send(plan)
+        if pending is not None:
+            self._finish(pending, consumer)
+
+    def _records(self, msgs: Sequence[Any]) -> list[SourceRecord]:
+        from confluent_kafka import KafkaError
+
+        records: list[SourceRecord] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                records.append(record_from_message(msg))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.retriable() or not err.fatal():
+                log.warning("consume error name=%s code=%s: %s", self._name, err.name(),
+                            err.str())
+            else:
+                raise KafkaDeliveryError(f"consume failed: {err.str()}", code=err.code())
+        return records
+
+    def _publish(self, dlq: DeadLetterProducer, letters: Sequence[DeadLetter]) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                produced = dlq.publish(letters)
+            except KafkaDeliveryError as exc:
+                if not exc.retriable or self._stop.is_set():
+                    raise
+                log.warning("dead-letter transaction aborted name=%s code=%s retry_in=%.1fs",
+                            self._name, exc.code, backoff)
+                with self._lock:
+                    self._last_error = f"KafkaDeliveryError: {exc}"
+            else:
+                with self._lock:
+                    self._dead_lettered += produced
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    def _send(self, plan: BatchPlan) -> _InFlight:
+        return _InFlight(plan, self._submit(plan.batch), time.monotonic())
+
+    def _submit(self, batch: SinkBatch) -> Any:
+        from ray.exceptions import RayActorError
+
+        backoff = self._config.sink.retry_backoff_s
+        while True:
+            try:
+                return self._sink().write.remote(batch)
+            except (RayActorError, ValueError) as exc:
+                self._note_retry(exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    def _finish(self, pending: _InFlight, consumer: Any) -> None:
+        """Wait for the batch's write (re-sending the same batch while the sink is down), then
+        commit the group offset for lag tools."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        batch = pending.plan.batch
+        backoff = self._config.sink.retry_backoff_s
+        attempts = 0
+        while True:
+            try:
+                result: FlushResult = ray.get(pending.ref)
+                break
+            except OffsetGapError:
+                raise  # our position is wrong: the session restarts from the warehouse
+            except (RayActorError, SinkError) as exc:
+                attempts += 1
+                self._note_retry(exc, backoff)
+                if isinstance(exc, SinkError) and attempts >= self._config.sink.retry_attempts:
+                    raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            pending.ref = self._submit(batch)
+        self._metrics.flushed(result.rows_written, result.seconds)
+        with self._lock:
+            self._committed = result.committed_offset
+            self._position = batch.to_offset
+            self._duplicates += pending.plan.duplicates
+            self._rows.add(result.rows_written, time.monotonic())
+        self._commit_group_offset(consumer, result.committed_offset)
+
+    def _commit_group_offset(self, consumer: Any, offset: int) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        tp = TopicPartition(self._topic, self._partition, offset)
+        try:
+            consumer.commit(offsets=[tp], asynchronous=False)
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high is not None and high >= 0:
+                self._metrics.set_lag(max(high - offset, 0))
+        except KafkaException as exc:
+            # Only lag tools read the group offset; the warehouse holds the real position.
+            err = exc.args[0]
+            log.warning("group offset commit failed name=%s offset=%d code=%s: %s",
+                        self._name, offset, err.name(), err.str())
+
+
+def _ready(ref: Any) -> bool:
+    import ray
+
+    done, _ = ray.wait([ref], timeout=0)
+    return bool(done)
+
+
+def partition_consumer_actor() -> Any:
+    """The Ray actor class (``ray.remote`` applied lazily so importing needs no Ray)."""
+    import ray
+
+    return ray.remote(PartitionConsumer)

@@ -1,0 +1,270 @@
+"""Exactly-once dead-lettering of one source partition.
+
+Source partition p dead-letters to partition p of the dead-letter topic, through a transactional
+producer whose ``transactional.id`` belongs to that partition (``eventray-dlq-<topic>-<p>``).
+``init_transactions()`` at start fences any zombie predecessor and aborts its open transaction;
+each batch's invalid records are produced in one transaction, committed before the batch's rows
+go to the warehouse.
+
+After a restart the consumer re-reads from the warehouse's committed offset, so records whose
+dead letters were already committed come round again. ``recover()`` reads the tail of DLQ
+partition p (``read_committed``) back to the committed offset and returns the source offsets
+already dead-lettered there: those are not produced again, and a record in that range that is NOT
+among them was valid the first time (a batch dead-letters all its invalid records at once), so
+the consumer keeps the first verdict even if a time-based rule would now decide otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from actors.config import KafkaConnection
+from actors.contract import (
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_SOURCE_OFFSET,
+    HEADER_DLQ_SOURCE_PARTITION,
+    HEADER_DLQ_SOURCE_TOPIC,
+)
+from actors.exceptions import KafkaDeliveryError
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+_RECOVERY_SPAN: Final = 1024  # DLQ records read back first; multiplied while not far enough
+_RECOVERY_TIMEOUT_S: Final = 60.0
+_KAFKA_TIMEOUT_S: Final = 30.0
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """One invalid record, with why it was refused."""
+
+    source_offset: int
+    key: bytes | None
+    value: bytes
+    reason: str
+    headers: Headers = []  # the source record's headers, carried over
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """What the DLQ partition already holds for the source partition.
+
+    ``watermark`` is the highest source offset ever dead-lettered (-1 when none);
+    ``offsets`` the dead-lettered source offsets at or after the floor ``recover`` was given.
+    """
+
+    watermark: int
+    offsets: frozenset[int]
+
+    def already(self, offset: int) -> bool:
+        return offset in self.offsets
+
+
+NOTHING_RECOVERED: Final = Recovered(watermark=-1, offsets=frozenset())
+
+
+def transactional_id(source_topic: str, partition: int) -> str:
+    return f"eventray-dlq-{source_topic}-{partition}"
+
+
+def dead_letter_headers(letter: DeadLetter, source_topic: str, partition: int) -> Headers:
+    """The source headers plus the reason and the source coordinates."""
+    own = {HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_SOURCE_PARTITION,
+           HEADER_DLQ_SOURCE_OFFSET}
+    headers = [(k, v) for k, v in letter.headers if k not in own]
+    headers += [
+        (HEADER_DLQ_REASON, letter.reason.encode()),
+        (HEADER_DLQ_SOURCE_TOPIC, source_topic.encode()),
+        (HEADER_DLQ_SOURCE_PARTITION, str(partition).encode()),
+        (HEADER_DLQ_SOURCE_OFFSET, str(letter.source_offset).encode()),
+    ]
+    return headers
+
+
+def source_offset_of(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
+    """The ``eventray-dlq-source-offset`` header of a dead letter, if present."""
+    for key, value in headers or ():
+        if key == HEADER_DLQ_SOURCE_OFFSET and value is not None:
+            return int(value)
+    return None
+
+
+class DeadLetterProducer:
+    """The transactional producer of one source partition. Build and use it in one process."""
+
+    def __init__(self, conn: KafkaConnection, dlq_topic: str, source_topic: str,
+                 partition: int) -> None:
+        self._conn = conn
+        self._dlq_topic = dlq_topic
+        self._source_topic = source_topic
+        self._partition = partition
+        self._producer: Any = None
+        self._watermark = -1
+        self._errors: list[Any] = []
+
+    @property
+    def watermark(self) -> int:
+        """Highest source offset dead-lettered and committed so far (-1 if none)."""
+        return self._watermark
+
+    def start(self, floor: int) -> Recovered:
+        """Fence predecessors, then read back what they committed at or after ``floor``."""
+        from confluent_kafka import KafkaException, Producer
+
+        conf = self._conn.client_config()
+        conf.update({
+            "transactional.id": transactional_id(self._source_topic, self._partition),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": f"eventray-dlq-{self._partition}",
+        })
+        self._producer = Producer(conf)
+        try:
+            # Fences a zombie with the same transactional.id and aborts its open transaction,
+            # so the read_committed tail read below is final.
+            self._producer.init_transactions(_KAFKA_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _kafka_error("init_transactions failed", exc) from exc
+        recovered = read_recovered(self._conn, self._dlq_topic, self._partition, floor)
+        self._watermark = recovered.watermark
+        log.info("dead-letter producer ready topic=%s partition=%d watermark=%d recovered=%d",
+                 self._dlq_topic, self._partition, recovered.watermark, len(recovered.offsets))
+        return recovered
+
+    def publish(self, letters: Sequence[DeadLetter]) -> int:
+        """Produce ``letters`` in one transaction; return how many were produced.
+
+        Letters at or below the watermark were committed by a predecessor and are skipped.
+        Raises ``KafkaDeliveryError`` (with the librdkafka code) when the transaction did not
+        commit; it was aborted then, so the same letters can be published again.
+        """
+        from confluent_kafka import KafkaException
+
+        fresh = [letter for letter in letters if letter.source_offset > self._watermark]
+        if not fresh:
+            return 0
+        producer = self._producer
+        if producer is None:
+            raise KafkaDeliveryError("the dead-letter producer is not started")
+        self._errors = []
+        try:
+            producer.begin_transaction()
+            for letter in fresh:
+                self._produce(letter)
+            producer.commit_transaction(_KAFKA_TIMEOUT_S)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.txn_requires_abort():
+                try:
+                    producer.abort_transaction(_KAFKA_TIMEOUT_S)
+                except KafkaException as abort_exc:
+                    raise _kafka_error("aborting a dead-letter transaction failed",
+                                       abort_exc) from abort_exc
+            raise _kafka_error("dead-letter transaction failed", exc) from exc
+        if self._errors:  # commit_transaction raises on failed deliveries; belt and braces
+            err = self._errors[0]
+            raise KafkaDeliveryError(f"dead letter not delivered: {err.str()}", code=err.code(),
+                                     retriable=err.retriable())
+        self._watermark = max(letter.source_offset for letter in fresh)
+        return len(fresh)
+
+    def _produce(self, letter: DeadLetter) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self._dlq_topic, value=letter.value, key=letter.key,
+                    partition=self._partition,
+                    headers=dead_letter_headers(letter, self._source_topic, self._partition),
+                    on_delivery=self._on_delivery,
+                )
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: serve delivery reports, retry
+            else:
+                return
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def close(self) -> None:
+        """Drop the producer (an open transaction is aborted by the next ``init_transactions``)."""
+        if self._producer is not None:
+            left = self._producer.flush(5.0)
+            self._producer = None
+            if left:
+                log.warning("dead-letter producer closed with unsent records count=%d", left)
+
+
+def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
+                   floor: int) -> Recovered:
+    """Read DLQ partition ``partition`` back from its end until a source offset below ``floor``
+    (or the start of the log) and return what was dead-lettered (see ``Recovered``)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    conf = conn.client_config()
+    conf.update({
+        "group.id": f"eventray-dlq-recovery-{dlq_topic}",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    })
+    consumer = Consumer(conf)
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, partition),
+                                                   timeout=_KAFKA_TIMEOUT_S)
+        if high <= low:
+            return NOTHING_RECOVERED
+        span = _RECOVERY_SPAN
+        while True:
+            start = max(low, high - span)
+            seen = _read_source_offsets(consumer, dlq_topic, partition, start)
+            if start == low or (seen and min(seen) < floor):
+                watermark = max(seen) if seen else -1
+                return Recovered(watermark=watermark,
+                                 offsets=frozenset(o for o in seen if o >= floor))
+            # Only aborted records/markers, or all at/after the floor: look further back.
+            span *= 4
+    except KafkaException as exc:
+        raise _kafka_error(f"reading dead-letter partition {partition} failed", exc) from exc
+    finally:
+        consumer.close()
+
+
+def _read_source_offsets(consumer: Any, topic: str, partition: int, start: int) -> list[int]:
+    """Source offsets of the committed dead letters from ``start`` to the partition's end."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, start)])
+    seen: list[int] = []
+    deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return seen
+                    raise KafkaDeliveryError(f"reading {topic}/{partition}: {err.str()}",
+                                             code=err.code(), retriable=err.retriable())
+                offset = source_offset_of(msg.headers())
+                if offset is not None:
+                    seen.append(offset)
+        raise KafkaDeliveryError(
+            f"reading {topic}/{partition} did not reach the end in {_RECOVERY_TIMEOUT_S:g}s")
+    finally:
+        consumer.unassign()
+
+
+def _kafka_error(message: str, exc: Any) -> KafkaDeliveryError:
+    err = exc.args[0] if exc.args else None
+    if err is None or not hasattr(err, "code"):
+        return KafkaDeliveryError(f"{message}: {exc}")
+    return KafkaDeliveryError(f"{message}: {err.str()}", code=err.code(),
+                              retriable=err.retriable())
