@@ -1,0 +1,77 @@
+"""``python -m cluster.job``: the pipeline as a Ray job.
+
+What ``ray job submit --working-dir . -- python -m cluster.job`` runs: load the settings,
+connect to the cluster, start the pipeline (supervisor, sinks, consumers; all detached), then
+log its status every ``--interval`` seconds until SIGTERM/SIGINT. The detached actors keep
+running after the job ends unless ``--stop-on-exit``; ``--once`` returns right after the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from actors.exceptions import EventrayError
+from cluster.pipeline_status import format_status
+from cluster.settings import load_settings
+from cluster.supervisor import get_status, start_pipeline, stop_pipeline
+
+log = logging.getLogger("cluster.job")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cluster.job",
+                                     description="start the eventray pipeline on a Ray cluster")
+    parser.add_argument("--config", help="settings TOML (default: $EVENTRAY_CONFIG)")
+    parser.add_argument("--once", action="store_true", help="exit once the pipeline is ready")
+    parser.add_argument("--stop-on-exit", action="store_true",
+                        help="stop the pipeline's actors when the job ends")
+    parser.add_argument("--interval", type=float, default=30.0,
+                        help="seconds between status logs")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A job's entry point owns its process, so configuring logging here is ours to do.
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import ray
+
+    settings = load_settings(args.config)
+    config = settings.pipeline_config()
+    ray.init(address=settings.ray.address, namespace=settings.ray.namespace)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal=%s: leaving", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        start_pipeline(config)
+        log.info("pipeline started topic=%s namespace=%s", config.topics.events,
+                 config.namespace)
+        while not args.once and not stop.wait(args.interval):
+            try:
+                status = get_status(config)
+            except (EventrayError, ray.exceptions.RayError) as exc:
+                log.warning("status unavailable: %s", exc)
+                continue
+            log.info("status\n%s", format_status(status) if status else "no supervisor")
+    finally:
+        if args.stop_on_exit:
+            stop_pipeline(config)
+            log.info("pipeline stopped")
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
