@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
 
@@ -46,7 +46,6 @@ from actors.validation import reason_code, validate_batch
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 DedupKey = tuple[str, str]  # (account_id, event_id)
 
 CONTRACT_REASON: Final = "contract"
@@ -267,6 +266,7 @@ def plan_batch(
         rows.append(row_from_event(event, topic=topic, partition=partition, offset=record.offset,
                                    request_id=record.request_id,
                                    accepted_at_ms=record.accepted_at_ms))
+    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
     batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                       to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
     return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),

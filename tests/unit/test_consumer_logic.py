@@ -1,0 +1,196 @@
+"""Pure parts of the partition consumer: batching, dedup window, offset bookkeeping, planning."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from actors.config import ConsumerConfig, ValidationRules
+from actors.consumer import (
+    Accumulator,
+    DedupWindow,
+    RateMeter,
+    SourceRecord,
+    batch_range,
+    consumer_name,
+    plan_batch,
+    sink_index,
+)
+from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
+    HEADER_DLQ_SOURCE_OFFSET,
+    HEADER_REQUEST_ID,
+    AccountBody,
+    AccountUpdated,
+    EventCodec,
+    PaymentBody,
+    PaymentCaptured,
+)
+from actors.dead_letter import Recovered, dead_letter_headers, source_offset_of
+from actors.exceptions import EventrayError
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+NOW_MS = int(NOW.timestamp() * 1000)
+CODEC = EventCodec()
+RULES = ValidationRules()
+
+
+def payment(event_id: str, account: str = "acct-1", amount: int = 100,
+            currency: str = "EUR") -> PaymentCaptured:
+    return PaymentCaptured(event_id=event_id, account_id=account,
+                           occurred_at=NOW - timedelta(minutes=5),
+                           body=PaymentBody(amount_minor=amount, currency=currency,
+                                            merchant_id="merchant-1"))
+
+
+def record(offset: int, value: bytes | None, accepted_at_ms: int | None = None) -> SourceRecord:
+    headers = [(HEADER_REQUEST_ID, b"req-1")]
+    if accepted_at_ms is not None:
+        headers.append((HEADER_ACCEPTED_AT_MS, str(accepted_at_ms).encode()))
+    return SourceRecord(offset=offset, key=b"acct-1", value=value, headers=headers,
+                        request_id="req-1", accepted_at_ms=accepted_at_ms)
+
+
+def rec(offset: int, event: PaymentCaptured | AccountUpdated) -> SourceRecord:
+    return record(offset, CODEC.encode(event), accepted_at_ms=NOW_MS)
+
+
+def plan(records: list[SourceRecord], *, next_from: int | None = 0,
+         window: DedupWindow | None = None, recovered: Recovered | None = None):  # type: ignore[no-untyped-def]
+    kwargs = {} if recovered is None else {"recovered": recovered}
+    return plan_batch(records, topic="events", partition=3, next_from=next_from, codec=CODEC,
+                      rules=RULES, now=NOW, window=window or DedupWindow(3600), now_ms=NOW_MS,
+                      **kwargs)
+
+
+def written_offsets(rows_json: bytes) -> list[int]:
+    return [row["kafka_offset"] for row in msgspec.json.decode(rows_json)]
+
+
+def test_names_and_routing() -> None:
+    assert consumer_name("events", 7) == "consumer:events:7"
+    assert [sink_index(p, 3) for p in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_accumulator_flushes_by_count_bytes_and_age() -> None:
+    cfg = ConsumerConfig(batch_max_events=3, batch_max_bytes=100, batch_max_wait_s=1.0)
+    acc = Accumulator(cfg)
+    assert not acc.full(0.0)
+    acc.add([record(0, b"x" * 10), record(1, b"x" * 10)], now=10.0)
+    assert acc.room == 1 and not acc.full(10.5)
+    assert acc.full(11.0)  # age
+    acc.add([record(2, b"x")], now=10.6)
+    assert acc.full(10.6)  # count
+    assert [r.offset for r in acc.take()] == [0, 1, 2]
+    assert acc.records == [] and acc.bytes == 0 and acc.started is None
+    acc.add([record(3, b"x" * 120)], now=20.0)
+    assert acc.full(20.0)  # bytes
+
+
+def test_dedup_window_evicts_by_accept_time() -> None:
+    window = DedupWindow(window_s=10)
+    window.add(("a", "1"), at_ms=1_000)
+    window.add(("a", "2"), at_ms=5_000)
+    window.load([("b", "9")], at_ms=8_000)
+    assert window.seen(("a", "1")) and window.seen(("b", "9"))
+    assert window.evict(now_ms=11_500) == 1
+    assert not window.seen(("a", "1")) and window.seen(("a", "2"))
+    assert window.evict(now_ms=100_000) == 2 and len(window) == 0
+
+
+def test_batch_range_continues_from_the_committed_offset() -> None:
+    records = [record(5, b"{}"), record(6, b"{}"), record(9, b"{}")]
+    assert batch_range(5, records) == (5, 10)
+    assert batch_range(None, records) == (5, 10)  # never written: starts at the first record
+    assert batch_range(2, records) == (2, 10)     # a gap (retention, markers) is inside the range
+    with pytest.raises(EventrayError):
+        batch_range(6, records)                   # a record below the position
+    with pytest.raises(EventrayError):
+        batch_range(0, [record(3, b"{}"), record(3, b"{}")])
+
+
+def test_plan_splits_valid_invalid_contract_and_duplicates() -> None:
+    account = AccountUpdated(event_id="e-acc", account_id="acct-1",
+                             occurred_at=NOW, body=AccountBody(country="QQ"))
+    records = [
+        rec(10, payment("e-1")),
+        rec(11, payment("e-2", currency="XYZ")),       # rule: unknown currency
+        record(12, b'{"type": "payment.captured"}'),    # contract
+        rec(13, payment("e-1")),                        # duplicate inside the batch
+        rec(14, account),                               # rule: unknown country
+        record(15, None),                               # tombstone: contract
+        rec(16, payment("e-3")),
+    ]
+    result = plan(records, next_from=10)
+    assert (result.batch.from_offset, result.batch.to_offset) == (10, 17)
+    assert result.batch.row_count == 2 and written_offsets(result.batch.rows_json) == [10, 16]
+    assert result.duplicates == 1 and result.valid == 2 and result.consumed == 7
+    assert [d.source_offset for d in result.dead_letters] == [11, 12, 14, 15]
+    reasons = {d.source_offset: d.reason for d in result.dead_letters}
+    assert reasons[11].startswith("unknown_currency")
+    assert reasons[12].startswith("contract: $")
+    assert reasons[14].startswith("unknown_country")
+    assert result.rejected == {"unknown_currency": 1, "contract": 2, "unknown_country": 1}
+    row = msgspec.json.decode(result.batch.rows_json)[0]
+    assert (row["kafka_topic"], row["kafka_partition"], row["request_id"]) == ("events", 3,
+                                                                                "req-1")
+
+
+def test_plan_drops_events_written_before_and_remembers_new_ones() -> None:
+    window = DedupWindow(3600)
+    window.load([("acct-1", "e-old")], at_ms=NOW_MS)
+    first = plan([rec(0, payment("e-old")), rec(1, payment("e-new"))], window=window)
+    assert first.duplicates == 1 and written_offsets(first.batch.rows_json) == [1]
+    # A client retry of e-new in a later batch is dropped: not written, not dead-lettered.
+    second = plan([rec(2, payment("e-new"))], next_from=2, window=window)
+    assert second.batch.row_count == 0 and second.dead_letters == [] and second.duplicates == 1
+    assert (second.batch.from_offset, second.batch.to_offset) == (2, 3)
+    # The same event id for ANOTHER account is a different event.
+    other = plan([rec(3, payment("e-new", account="acct-2"))], next_from=3, window=window)
+    assert other.batch.row_count == 1
+
+
+def test_replay_below_the_dlq_watermark_keeps_the_first_verdict() -> None:
+    # A predecessor dead-lettered offsets 21 and 23 (committed), then died before the sink write.
+    recovered = Recovered(watermark=23, offsets=frozenset({21, 23}))
+    far_future = PaymentCaptured(event_id="e-f", account_id="acct-1",
+                                 occurred_at=NOW + timedelta(days=2),
+                                 body=PaymentBody(amount_minor=5, currency="EUR",
+                                                  merchant_id="m-1"))
+    records = [
+        rec(20, payment("e-20")),
+        rec(21, payment("e-21", currency="XYZ")),  # already dead-lettered: skipped
+        rec(22, far_future),                       # judged valid the first time: stays valid
+        record(23, b"not json"),                   # already dead-lettered: skipped
+        rec(24, payment("e-24", currency="XYZ")),  # beyond the watermark: dead-lettered now
+    ]
+    result = plan(records, next_from=20, recovered=recovered)
+    assert written_offsets(result.batch.rows_json) == [20, 22]
+    assert [d.source_offset for d in result.dead_letters] == [24]
+    assert result.already_dead_lettered == 2
+
+
+def test_replay_refuses_an_invalid_record_missing_from_the_dlq() -> None:
+    with pytest.raises(EventrayError, match="not in the dead-letter topic"):
+        plan([record(5, b"garbage")], next_from=5,
+             recovered=Recovered(watermark=9, offsets=frozenset({9})))
+
+
+def test_dead_letter_headers_round_trip_the_source_offset() -> None:
+    result = plan([record(42, b"{}")], next_from=42)
+    headers = dead_letter_headers(result.dead_letters[0], "events", 3)
+    assert source_offset_of(headers) == 42
+    assert dict(headers)[HEADER_REQUEST_ID] == b"req-1"  # the source headers are carried over
+    assert source_offset_of([("other", b"1")]) is None
+    assert HEADER_DLQ_SOURCE_OFFSET in dict(headers)
+
+
+def test_rate_meter() -> None:
+    meter = RateMeter(window_s=10)
+    assert meter.rate(0.0) == 0.0
+    meter.add(100, now=0.0)
+    meter.add(300, now=2.0)
+    assert meter.total == 400
+    assert meter.rate(4.0) == pytest.approx(300 / 4.0)
