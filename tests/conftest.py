@@ -1,0 +1,91 @@
+"""Shared fixtures: one real Kafka broker and one Snowflake emulator per test session.
+
+Both start lazily (only when a test asks for them), on free ports, with their data in the
+session's temporary directory, and are stopped at session end even when tests fail. A failed
+start errors the asking tests with the service's log tail (``ServiceStartError``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.config import KafkaConnection
+from cluster.local_kafka import LocalKafka
+from cluster.settings import Settings, load_settings
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def eventray_settings() -> Settings:
+    """Settings as the environment gives them (for the Kafka version and the jar cache)."""
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(eventray_settings: Settings, services_dir: Path) -> Iterator[LocalKafka]:
+    """A running single-node KRaft broker on free ports (session-wide; never kill it)."""
+    broker = LocalKafka(
+        services_dir / "kafka", port=0, controller_port=0,
+        version=eventray_settings.local.kafka_version,
+        cache_dir=eventray_settings.cache_path(), heap="512m",
+    )
+    try:
+        broker.start(timeout=90)
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_connection(kafka_broker: LocalKafka) -> KafkaConnection:
+    return kafka_broker.connection()
+
+
+@pytest.fixture
+def topic_factory(kafka_connection: KafkaConnection) -> Iterator[TopicFactory]:
+    """``topic_factory(partitions=4, prefix="t", config=None) -> name``: a fresh topic on the
+    session broker, its partitions all led before it returns; deleted after the test."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(kafka_connection.client_config())
+    created: list[str] = []
+
+    def create(partitions: int = 4, prefix: str = "t",
+               config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])
+        for future in futures.values():
+            future.result(timeout=30)
+        created.append(name)
+        _wait_for_leaders(admin, name, partitions)
+        return name
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created).values():
+            future.result(timeout=30)
+
+
+def _wait_for_leaders(admin: Any, topic: str, partitions: int, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(topic=topic, timeout=5)
+        parts = metadata.topics[topic].partitions
+        if len(parts) == partitions and all(p.leader >= 0 for p in parts.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic}: partitions without a leader after {timeout}s")
+        time.sleep(0.1)
