@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from actors.config import KafkaConnection
+from actors.config import KafkaConnection, SnowflakeConfig
 from cluster.local_kafka import LocalKafka
+from cluster.local_snowflake import LocalSnowflake
 from cluster.settings import Settings, load_settings
 
 TopicFactory = Callable[..., str]
@@ -50,6 +51,25 @@ def kafka_broker(eventray_settings: Settings, services_dir: Path) -> Iterator[Lo
 @pytest.fixture(scope="session")
 def kafka_connection(kafka_broker: LocalKafka) -> KafkaConnection:
     return kafka_broker.connection()
+
+
+@pytest.fixture(scope="session")
+def snowflake_server(services_dir: Path) -> Iterator[LocalSnowflake]:
+    """A running fakesnow server on a free port, databases persisted in the session dir."""
+    server = LocalSnowflake(services_dir / "snowflake", port=0)
+    try:
+        server.start(timeout=90)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def snowflake_config(snowflake_server: LocalSnowflake) -> SnowflakeConfig:
+    """A fresh database for the session (schema PUBLIC) on the emulator, created."""
+    database = f"TEST_{uuid.uuid4().hex[:8].upper()}"
+    snowflake_server.ensure_database(database, "PUBLIC")
+    return snowflake_server.snowflake_config(database=database, schema="PUBLIC")
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""The Snowflake emulator (fakesnow's HTTP server) as a local service, persisted on disk.
+
+fakesnow 0.12.1's ``python -m fakesnow -s -p PORT -d DIR`` ignores ``-d`` in server mode (its
+CLI passes only host and port to the server, whose shared instance is in memory). So the
+service runs this module (``python -m cluster.local_snowflake --port P --db-path DIR``), which
+serves fakesnow's own Starlette app with the shared instance bound to ``DIR``: every database
+is the DuckDB file ``DIR/<DATABASE>.db`` and comes back after a restart.
+
+Clients reach it only through the real snowflake-connector-python (host 127.0.0.1, the port,
+protocol http). Connecting with ``database=``/``schema=`` creates them if missing (fakesnow's
+default); ``ensure_database`` also creates them with plain ``CREATE ... IF NOT EXISTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from actors.config import SnowflakeConfig
+from cluster.processes import (
+    ServiceProcess,
+    ServiceStartError,
+    free_port,
+    port_accepts,
+    require_free_ports,
+)
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+class LocalSnowflake:
+    """A fakesnow server whose databases live in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, port: int = 0, *, log_dir: Path | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.log_dir = (log_dir or self.data_dir).resolve()
+        self._port = port
+        self._process: ServiceProcess | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"http://{HOST}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def process(self) -> ServiceProcess | None:
+        return self._process
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / "snowflake.log"
+
+    def snowflake_config(self, database: str = "EVENTRAY",
+                         schema: str = "PUBLIC") -> SnowflakeConfig:
+        """A ``SnowflakeConfig`` pointing at this emulator."""
+        return emulator_config(HOST, self._port, database=database, schema=schema)
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Launch the server; return once a real connector login and ``SELECT 1`` work."""
+        if self.is_running():
+            return
+        if self._port == 0:
+            self._port = free_port(HOST)
+        require_free_ports("snowflake emulator", {"port": self._port}, HOST)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "cluster.local_snowflake", "--host", HOST,
+               "--port", str(self._port), "--db-path", str(self.data_dir)]
+        # The child imports this package even when it is not installed (a source checkout).
+        package_root = str(Path(__file__).resolve().parents[1])
+        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                     if p)
+        self._process = ServiceProcess.spawn("snowflake emulator", cmd, log_path=self.log_path,
+                                             env={"PYTHONPATH": pythonpath}, cwd=self.data_dir)
+        try:
+            self._process.wait_ready(self._query_ok, timeout=timeout,
+                                     what=f"answering queries on {self.address}")
+        except ServiceStartError as exc:
+            raise ServiceStartError(f"snowflake emulator on port {self._port}: {exc}") from None
+        log.info("snowflake emulator ready address=%s pid=%s data=%s", self.address, self.pid,
+                 self.data_dir)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._process is not None:
+            self._process.stop(timeout)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def ensure_database(self, database: str, schema: str = "PUBLIC") -> None:
+        ensure_database(self.snowflake_config(database=database, schema=schema))
+
+    def _query_ok(self) -> bool:
+        if not port_accepts(self._port, HOST):
+            return False
+        return ping(self.snowflake_config())
+
+
+def emulator_config(host: str, port: int, *, database: str = "EVENTRAY",
+                    schema: str = "PUBLIC") -> SnowflakeConfig:
+    return SnowflakeConfig(host=host, port=port, protocol="http", database=database,
+                           schema=schema)
+
+
+def ping(config: SnowflakeConfig) -> bool:
+    """One login and ``SELECT 1`` through the real connector."""
+    import snowflake.connector
+
+    kwargs = config.connect_kwargs()
+    kwargs.pop("database", None)  # fakesnow would create it on login
+    kwargs.pop("schema", None)
+    kwargs["login_timeout"] = 5
+    kwargs["network_timeout"] = 5
+    with snowflake.connector.connect(**kwargs) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        row = cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+def ensure_database(config: SnowflakeConfig) -> None:
+    """``CREATE DATABASE/SCHEMA IF NOT EXISTS`` for the config's database and schema."""
+    import snowflake.connector
+
+    kwargs = config.connect_kwargs()
+    kwargs.pop("database", None)
+    kwargs.pop("schema", None)
+    with snowflake.connector.connect(**kwargs) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {config.database}")
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {config.database}.{config.schema}")
+
+
+def serve(host: str, port: int, db_path: Path) -> None:
+    """Run fakesnow's server in this process with its shared instance persisted in db_path."""
+    import importlib
+
+    import uvicorn
+    from fakesnow.instance import FakeSnow
+
+    # The package's ``server`` attribute is also a function; import the module by name.
+    server_module: Any = importlib.import_module("fakesnow.server")
+    db_path.mkdir(parents=True, exist_ok=True)
+    # login_request reads this module global at call time.
+    server_module.shared_fs = FakeSnow(db_path=db_path)
+    # uvicorn.run handles SIGTERM/SIGINT with a graceful shutdown.
+    uvicorn.run(server_module.app, host=host, port=port, log_level="info", access_log=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fakesnow server persisted on disk")
+    parser.add_argument("--host", default=HOST)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--db-path", type=Path, required=True)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.db_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
