@@ -4,8 +4,9 @@ The actor (named ``consumer:<topic>:<partition>``) builds its confluent-kafka Co
 itself, ``assign()``s its one partition (no group rebalancing) and runs a loop in a thread:
 
 1. consume records until the batch is full (events, bytes) or old enough (``ConsumerConfig``);
-2. plan the batch (``plan_batch``, pure): decode against the contract, apply the business rules,
-   drop duplicates of events already written for the account within the dedup window;
+2. plan the batch (``plan_batch``, pure): decode against the contract, drop duplicates of events
+   already written or dead-lettered within the dedup window (a client retrying), apply the
+   business rules;
 3. dead-letter the invalid records in one Kafka transaction (``actors.dead_letter``);
 4. send the rows to its sink (``sink:<p % pool_size>``) as one ``SinkBatch``; only one batch is
    in flight, and the next one is consumed and planned while it is written;
@@ -39,7 +40,14 @@ from actors.contract import (
     EventCodec,
     describe_error,
 )
-from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, DeadLetterProducer, Recovered
+from actors.dead_letter import (
+    NOTHING_RECOVERED,
+    DeadLetter,
+    DeadLetterProducer,
+    Recovered,
+    event_key,
+    read_recent_keys,
+)
 from actors.exceptions import EventrayError, KafkaDeliveryError, OffsetGapError, SinkError
 from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
@@ -103,7 +111,8 @@ def record_from_message(msg: Any) -> SourceRecord:
 
 
 class DedupWindow:
-    """Event keys written for this partition within the last ``window_s`` seconds of accept time.
+    """Event keys written or dead-lettered for this partition within the last ``window_s``
+    seconds of accept time.
 
     Keys of one account land on one partition, so a per-partition window sees every duplicate.
     Entries are evicted approximately in accept order (a deque in insertion order).
@@ -212,8 +221,10 @@ def plan_batch(
 
     Records at or below ``recovered.watermark`` were processed before a restart: those in
     ``recovered.offsets`` are already dead-lettered and skipped; the others were valid then and
-    stay valid (the first verdict wins, so a time-based rule cannot flip them). Accepted rows'
-    keys are added to ``window``, so duplicates inside the batch are dropped too.
+    stay valid (the first verdict wins, so a time-based rule cannot flip them). An event whose
+    key is in ``window`` is a duplicate: neither written nor dead-lettered. The keys of new
+    rows and dead letters are added to ``window``, so duplicates inside the batch count too.
+    A record that breaks the contract has no trustworthy key and is always dead-lettered.
     """
     from_offset, to_offset = batch_range(next_from, records)
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
@@ -234,6 +245,9 @@ def plan_batch(
         replayed = record.offset <= recovered.watermark
         if replayed and recovered.already(record.offset):
             already += 1
+            key = event_key(record.value)
+            if key is not None:  # a later retry of it is a duplicate
+                window.add(key, record.accepted_at_ms or arrival_ms)
             continue
         try:
             event = codec.decode_json(record.value if record.value is not None else b"")
@@ -253,16 +267,16 @@ def plan_batch(
     rows: list[EventRow] = []
     duplicates = 0
     for record, event, _replayed in decoded:
-        reason = verdicts.get(record.offset)
-        if reason is not None:
-            dead_letter(record, reason)
-            continue
         key = (event.account_id, event.event_id)
         if window.seen(key):
             duplicates += 1
             continue
         window.add(key, record.accepted_at_ms if record.accepted_at_ms is not None
                    else arrival_ms)
+        reason = verdicts.get(record.offset)
+        if reason is not None:
+            dead_letter(record, reason)
+            continue
         rows.append(row_from_event(event, topic=topic, partition=partition, offset=record.offset,
                                    request_id=record.request_id,
                                    accepted_at_ms=record.accepted_at_ms))
@@ -441,6 +455,8 @@ class PartitionConsumer:
         consumer: Any = None
         try:
             recovered = dlq.start(floor=committed if committed is not None else 0)
+            window.load(read_recent_keys(cfg.kafka, cfg.topics.dead_letter, partition,
+                                         since_ms), now_ms)
             conf = cfg.kafka.client_config()
             conf.update({
                 "group.id": cfg.consumer.group_id,

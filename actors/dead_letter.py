@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -239,10 +239,19 @@ def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
 
 def _read_source_offsets(consumer: Any, topic: str, partition: int, start: int) -> list[int]:
     """Source offsets of the committed dead letters from ``start`` to the partition's end."""
+    seen: list[int] = []
+    for msg in _read_to_end(consumer, topic, partition, start):
+        offset = source_offset_of(msg.headers())
+        if offset is not None:
+            seen.append(offset)
+    return seen
+
+
+def _read_to_end(consumer: Any, topic: str, partition: int, start: int) -> Iterator[Any]:
+    """The committed records of ``topic``/``partition`` from ``start`` to its end."""
     from confluent_kafka import KafkaError, TopicPartition
 
     consumer.assign([TopicPartition(topic, partition, start)])
-    seen: list[int] = []
     deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
@@ -250,16 +259,71 @@ def _read_source_offsets(consumer: Any, topic: str, partition: int, start: int) 
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        return seen
+                        return
                     raise KafkaDeliveryError(f"reading {topic}/{partition}: {err.str()}",
                                              code=err.code(), retriable=err.retriable())
-                offset = source_offset_of(msg.headers())
-                if offset is not None:
-                    seen.append(offset)
+                yield msg
         raise KafkaDeliveryError(
             f"reading {topic}/{partition} did not reach the end in {_RECOVERY_TIMEOUT_S:g}s")
     finally:
         consumer.unassign()
+
+
+class _EventKey(msgspec.Struct):
+    """The identity of a dead-lettered event (other fields ignored)."""
+
+    account_id: str
+    event_id: str
+
+
+_KEY_DECODER: Final = msgspec.json.Decoder(_EventKey)
+
+
+def event_key(value: bytes | None) -> tuple[str, str] | None:
+    """``(account_id, event_id)`` of a record value, None when it has no such identity."""
+    if not value:
+        return None
+    try:
+        key = _KEY_DECODER.decode(value)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # broke the contract: it has no event identity to de-duplicate on
+    return key.account_id, key.event_id
+
+
+def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
+                     since_ms: int) -> list[tuple[str, str]]:
+    """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, record time).
+
+    With the warehouse's recent keys they rebuild the consumer's dedup window, so a client's
+    retry of an invalid event is not dead-lettered twice, across restarts too.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    conf = conn.client_config()
+    conf.update({
+        "group.id": f"eventray-dlq-recovery-{dlq_topic}",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    })
+    consumer = Consumer(conf)
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, partition),
+                                                   timeout=_KAFKA_TIMEOUT_S)
+        if high <= low:
+            return []
+        found = consumer.offsets_for_times([TopicPartition(dlq_topic, partition, since_ms)],
+                                           timeout=_KAFKA_TIMEOUT_S)
+        start = found[0].offset
+        if start < 0:  # no record at or after since_ms
+            return []
+        records = list(_read_to_end(consumer, dlq_topic, partition, max(start, low)))
+    except KafkaException as exc:
+        raise _kafka_error(f"reading dead-letter partition {partition} failed", exc) from exc
+    finally:
+        consumer.close()
+    return [key for key in (event_key(msg.value()) for msg in records) if key is not None]
 
 
 def _kafka_error(message: str, exc: Any) -> KafkaDeliveryError:

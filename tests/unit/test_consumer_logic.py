@@ -61,7 +61,8 @@ def plan(records: list[SourceRecord], *, next_from: int | None = 0,
          window: DedupWindow | None = None, recovered: Recovered | None = None):  # type: ignore[no-untyped-def]
     kwargs = {} if recovered is None else {"recovered": recovered}
     return plan_batch(records, topic="events", partition=3, next_from=next_from, codec=CODEC,
-                      rules=RULES, now=NOW, window=window or DedupWindow(3600), now_ms=NOW_MS,
+                      rules=RULES, now=NOW,
+                      window=window if window is not None else DedupWindow(3600), now_ms=NOW_MS,
                       **kwargs)
 
 
@@ -194,3 +195,21 @@ def test_rate_meter() -> None:
     meter.add(300, now=2.0)
     assert meter.total == 400
     assert meter.rate(4.0) == pytest.approx(300 / 4.0)
+
+
+def test_an_invalid_event_posted_twice_is_dead_lettered_once() -> None:
+    window = DedupWindow(3600)
+    bad = payment("e-bad", currency="XYZ")
+    first = plan([rec(0, bad), rec(1, bad)], window=window)
+    assert [d.source_offset for d in first.dead_letters] == [0] and first.duplicates == 1
+    later = plan([rec(2, bad)], next_from=2, window=window)
+    assert later.dead_letters == [] and later.duplicates == 1 and later.batch.row_count == 0
+
+
+def test_a_replayed_dead_letter_still_marks_its_key() -> None:
+    window = DedupWindow(3600)
+    bad = payment("e-bad", currency="XYZ")
+    result = plan([rec(5, bad), rec(6, bad)], next_from=5, window=window,
+                  recovered=Recovered(watermark=5, offsets=frozenset({5})))
+    assert result.already_dead_lettered == 1 and result.duplicates == 1
+    assert result.dead_letters == []
