@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -62,14 +63,15 @@ JSON: Final = "application/json"
 _SCHEMA_VERSION_BYTES: Final = str(SCHEMA_VERSION).encode()
 _RECORD_CONTENT_TYPE_BYTES: Final = RECORD_CONTENT_TYPE.encode()
 
-Handler = Callable[[Request], Awaitable[Response]]
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]+$")
 
 
 class Gateway:
     """The request handlers and the state they share; one per app."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, request_id_header: bool = True) -> None:
         self.config = config
+        self.request_id_header = request_id_header
         self.codec = EventCodec()
         self.decoder = BodyDecoder(self.codec, config.max_events_per_request)
         self.auth = ApiKeyCheck(config.api_keys)
@@ -97,7 +99,7 @@ class Gateway:
 
     async def _accept(self, request: Request, *, batch: bool) -> Response:
         route = "/v1/events/batch" if batch else "/v1/events"
-        request_id = uuid.uuid4().hex
+        request_id = _request_id(request.headers.get("x-request-id"))
         events: list[Event] = []
         try:
             self.auth.check(request.headers)
@@ -164,7 +166,7 @@ class Gateway:
                 zip(events, deliveries, strict=True))
         ]
         body = self.encoder.encode(Accepted(request_id, len(results), results))
-        return Response(body, 202, {"x-request-id": request_id}, JSON)
+        return Response(body, 202, self._id_header(request_id), JSON)
 
     def _unavailable(self, request_id: str, status: int, error: str, message: str,
                      events: list[Event]) -> Response:
@@ -177,7 +179,10 @@ class Gateway:
                problems: list[Problem]) -> Response:
         body = ErrorBody(request_id, error, message,
                          [ProblemBody(p.index, p.field, p.reason) for p in problems])
-        return Response(self.encoder.encode(body), status, {"x-request-id": request_id}, JSON)
+        return Response(self.encoder.encode(body), status, self._id_header(request_id), JSON)
+
+    def _id_header(self, request_id: str) -> dict[str, str] | None:
+        return {"x-request-id": request_id} if self.request_id_header else None
 
     # -- operations -----------------------------------------------------------------------
 
@@ -223,15 +228,26 @@ class Gateway:
         ]
 
 
+def _request_id(offered: str | None) -> str:
+    """The caller's X-Request-Id when it is sane (Serve and HAProxy set one), else a new id."""
+    if offered and len(offered) <= 128 and _REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
 def _too_large(size: int, limit: int) -> RequestRejectedError:
     return RequestRejectedError(
         413, "payload_too_large", f"body of {size}+ bytes is over the limit of {limit} bytes",
         [Problem(None, "$", f"body larger than {limit} bytes")])
 
 
-def create_app(config: GatewayConfig) -> Starlette:
-    """The gateway app. Build it in the process that serves it (it holds msgspec decoders)."""
-    gateway = Gateway(config)
+def create_app(config: GatewayConfig, *, request_id_header: bool = True) -> Starlette:
+    """The gateway app. Build it in the process that serves it (it holds msgspec decoders).
+
+    Each request's id is its X-Request-Id header when sane, else a new one; it is written to
+    every record and answered as X-Request-Id (unless ``request_id_header`` is False, for
+    hosts such as Ray Serve that add that header themselves)."""
+    gateway = Gateway(config, request_id_header=request_id_header)
     app = Starlette(
         routes=gateway.routes(),
         middleware=[],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,19 @@ _HAPROXY_CONFIG_ENV = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"
 _DEFAULT_HAPROXY_CONFIG = "/tmp/haproxy-serve/haproxy.cfg"  # noqa: S108 - Ray's own default
 
 
-def serve_env(serve: ServeConfig, scratch_dir: str | Path | None = None) -> dict[str, str]:
+def serve_env(serve: ServeConfig, *, isolate: bool = False) -> dict[str, str]:
     """Environment variables to set before the Ray cluster starts.
 
-    With ``scratch_dir``, HAProxy's config, sockets and state files go there and its stats and
-    metrics listeners take free ports, so several Serve instances can share one machine
-    (tests, benchmarks); without it Ray's defaults (/tmp/haproxy-serve, ports 8404/9101) apply.
+    With ``isolate``, HAProxy's config, sockets and state files go to a fresh directory and its
+    stats and metrics listeners take free ports, so several Serve instances can share one
+    machine (tests, benchmarks); without it Ray's defaults (/tmp/haproxy-serve, ports
+    8404/9101) apply. The directory is short and under /tmp on purpose: Ray nests a 56-char
+    node id in it and HAProxy refuses socket paths over 97 bytes.
     """
     env = {HAPROXY_ENV: "1" if serve.haproxy else "0",
            THROUGHPUT_ENV: "1" if serve.throughput_optimized else "0"}
-    if serve.haproxy and scratch_dir is not None:
-        base = Path(scratch_dir).resolve() / "haproxy"
-        base.mkdir(parents=True, exist_ok=True)
+    if serve.haproxy and isolate:
+        base = Path(tempfile.mkdtemp(prefix="erhap-", dir="/tmp"))
         env.update({
             _HAPROXY_CONFIG_ENV: str(base / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
@@ -63,12 +65,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def haproxy_pids(config_file: str | None = None) -> list[int]:
-    """Running haproxy processes serving ``config_file`` (default: this process's setting).
+    """Running haproxy processes started for ``config_file`` (default: this process's
+    setting). Ray puts the real file in a per-node directory beside the configured path.
 
     How to check that HAProxy ingress is really active, not just requested.
     """
-    wanted = (config_file or os.environ.get(_HAPROXY_CONFIG_ENV)
-              or _DEFAULT_HAPROXY_CONFIG).encode()
+    path = (config_file or os.environ.get(_HAPROXY_CONFIG_ENV) or _DEFAULT_HAPROXY_CONFIG)
+    directory, name = (part.encode() for part in os.path.split(path))
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -77,7 +80,8 @@ def haproxy_pids(config_file: str | None = None) -> list[int]:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"haproxy") and wanted in argv:
+        if argv and argv[0].endswith(b"haproxy") and any(
+                arg.startswith(directory + b"/") and arg.endswith(b"/" + name) for arg in argv):
             pids.append(int(entry))
     return pids
 
@@ -89,7 +93,8 @@ class GatewayDeployment:
         self._config = config
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self._config)
+        # Serve's own middleware already answers with X-Request-Id (the id we adopt).
+        return create_app(self._config, request_id_header=False)
 
 
 def deployment_options(serve: ServeConfig) -> dict[str, Any]:

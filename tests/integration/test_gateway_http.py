@@ -145,6 +145,20 @@ def test_an_accepted_event_is_in_kafka_where_the_202_says(
     assert headers[HEADER_SCHEMA_VERSION] == b"1"
 
 
+def test_a_sane_client_request_id_is_adopted_and_a_bad_one_replaced(
+        gateway: httpx.Client, kafka_connection: KafkaConnection, topic: str) -> None:
+    adopted = gateway.post("/v1/events", json=event("rid-1"),
+                           headers={"x-request-id": "client-req.42"})
+    assert adopted.json()["request_id"] == adopted.headers["x-request-id"] == "client-req.42"
+    result = adopted.json()["results"][0]
+    record = read_record(kafka_connection, topic, result["partition"], result["offset"])
+    assert dict(record.headers())[HEADER_REQUEST_ID] == b"client-req.42"
+    replaced = gateway.post("/v1/events", json=event("rid-2"),
+                            headers={"x-request-id": "bad id\twith spaces"})
+    assert replaced.status_code == 202
+    assert replaced.json()["request_id"] not in ("bad id\twith spaces", "")
+
+
 @pytest.mark.parametrize("content_type", [
     "application/json", "application/x-ndjson", "application/msgpack"])
 def test_a_batch_is_accepted_in_each_format_and_keyed_by_account(

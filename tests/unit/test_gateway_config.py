@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from actors.config import KafkaConnection
@@ -35,13 +36,19 @@ def test_fixed_replicas_or_autoscaling_from_settings() -> None:
     assert scaled["autoscaling_config"]["max_replicas"] == 5
 
 
-def test_haproxy_and_throughput_mode_are_on_by_default(tmp_path: Path) -> None:
+def test_haproxy_and_throughput_mode_are_on_by_default() -> None:
     assert serve_env(ServeConfig()) == {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    isolated = serve_env(ServeConfig(), scratch_dir=tmp_path)
-    assert isolated["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path.resolve()))
-    assert int(isolated["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0
-    off = serve_env(ServeConfig(haproxy=False, throughput_optimized=False), scratch_dir=tmp_path)
+    isolated = serve_env(ServeConfig(), isolate=True)
+    base = Path(isolated["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    try:
+        assert isolated["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(base))
+        # Ray nests a 56-char node id under it; HAProxy allows 97 bytes per socket path.
+        assert len(isolated["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"]) + 57 <= 97
+        assert int(isolated["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0
+    finally:
+        shutil.rmtree(base)
+    off = serve_env(ServeConfig(haproxy=False, throughput_optimized=False), isolate=True)
     assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 
 
