@@ -1,0 +1,467 @@
+"""``eventray bench gateway``: HTTP -> Kafka through Ray Serve vs plain uvicorn vs no HTTP.
+
+One run, one Kafka, the same app: (1) a plain produce loop (the producer's ceiling), (2) the
+app under plain uvicorn in a subprocess, (3) the app deployed on Ray Serve (HAProxy ingress,
+throughput-optimized) in an in-process Ray instance. Each HTTP setup gets two phases: 1-event
+requests and 1000-event requests, driven by a load generator in its own process (raw asyncio
+HTTP/1.1 with keep-alive at a fixed concurrency). Setups run one after the other so they do
+not compete for the CPUs. Loopback only; every phase is bounded by time and request count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors.config import KafkaConnection, TopicsConfig
+from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
+    HEADER_CONTENT_TYPE,
+    HEADER_REQUEST_ID,
+    HEADER_SCHEMA_VERSION,
+    RECORD_CONTENT_TYPE,
+    SCHEMA_VERSION,
+    EventCodec,
+    PaymentBody,
+    PaymentCaptured,
+)
+from actors.exceptions import EventrayError
+from cluster.settings import Settings
+from gateway.config import GatewayConfig, ServeConfig
+from gateway.producer import producer_config
+from gateway.server import encode_config
+
+TARGETS = {"single_ratio": 0.5, "batch_ratio": 0.85, "batch_vs_produce": 0.7}
+
+
+class BenchError(EventrayError):
+    """The benchmark could not run a phase."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="cap per phase")
+    parser.add_argument("--single-concurrency", type=int, default=32)
+    parser.add_argument("--batch-concurrency", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--produce-events", type=int, default=500_000,
+                        help="records of the plain produce loop")
+    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas")
+    parser.add_argument("--skip", choices=["serve", "raw"], action="append", default=[])
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+
+
+# -- workload -------------------------------------------------------------------------------
+
+
+def _events(prefix: str, count: int, accounts: int = 1000) -> list[PaymentCaptured]:
+    now = datetime.now(UTC)
+    return [
+        PaymentCaptured(
+            event_id=f"{prefix}-{n:07d}", account_id=f"acct-{n % accounts:05d}", occurred_at=now,
+            body=PaymentBody(amount_minor=100 + n, currency="EUR", merchant_id="m-bench"),
+        )
+        for n in range(count)
+    ]
+
+
+def _bodies(kind: str, batch_size: int) -> list[bytes]:
+    if kind == "single":
+        return [msgspec.json.encode(e) for e in _events("s", 2000)]
+    return [msgspec.json.encode(_events(f"b{i}", batch_size)) for i in range(8)]
+
+
+# -- load generator (own process) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    kind: str  # "single" | "batch"
+    batch_size: int
+    concurrency: int
+    duration_s: float
+    warmup_s: float
+    max_requests: int
+
+
+class PhaseResult(msgspec.Struct):
+    requests: int
+    events: int
+    errors: dict[str, int]
+    elapsed_s: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def _load_process(spec: LoadSpec, conn: Connection) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        pass
+    try:
+        conn.send(msgspec.msgpack.encode(asyncio.run(_drive(spec))))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(msgspec.msgpack.encode({"error": f"{type(exc).__name__}: {exc}"}))
+    finally:
+        conn.close()
+
+
+async def _drive(spec: LoadSpec) -> PhaseResult:
+    host_port = spec.url.removeprefix("http://").split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    path = "/v1/events" if spec.kind == "single" else "/v1/events/batch"
+    per_request = 1 if spec.kind == "single" else spec.batch_size
+    requests = [
+        (f"POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\n"
+         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        for body in _bodies(spec.kind, spec.batch_size)
+    ]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = [0]
+    measuring = [False]
+    stop_at = [float("inf")]
+
+    async def connection(worker: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        n = worker
+        try:
+            while time.perf_counter() < stop_at[0] and counter[0] < spec.max_requests:
+                payload = requests[n % len(requests)]
+                n += spec.concurrency
+                started = time.perf_counter()
+                writer.write(payload)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head[9:12].decode()
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                if measuring[0]:
+                    if status == "202":
+                        latencies.append(time.perf_counter() - started)
+                        counter[0] += 1
+                    else:
+                        errors[status] = errors.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    workers = [asyncio.create_task(connection(i)) for i in range(spec.concurrency)]
+    await asyncio.sleep(spec.warmup_s)
+    measuring[0] = True
+    begin = time.perf_counter()
+    stop_at[0] = begin + spec.duration_s
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - begin
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies \
+            else 0.0
+
+    return PhaseResult(len(latencies), len(latencies) * per_request, errors, elapsed,
+                       pct(0.50), pct(0.99))
+
+
+def run_load(spec: LoadSpec) -> PhaseResult:
+    """Drive one phase from a separate process (so the client does not share the server's
+    interpreter) and return its figures."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_load_process, args=(spec, child), name="bench-load")
+    process.start()
+    child.close()
+    deadline = spec.warmup_s + spec.duration_s + 120
+    if not parent.poll(deadline):
+        process.kill()
+        raise BenchError(f"load generator gave no result within {deadline:.0f}s")
+    raw = msgspec.msgpack.decode(parent.recv_bytes())
+    process.join(timeout=30)
+    if isinstance(raw, dict) and "error" in raw:
+        raise BenchError(f"load generator failed: {raw['error']}")
+    return msgspec.convert(raw, PhaseResult)
+
+
+# -- the three setups -----------------------------------------------------------------------
+
+
+def produce_ceiling(config: GatewayConfig, count: int) -> float:
+    """Events/s of a plain produce loop: same producer settings, records and headers as the
+    gateway writes, delivery callbacks counted, no HTTP."""
+    from confluent_kafka import Producer
+
+    codec = EventCodec()
+    events = _events("p", 10_000)
+    values = [codec.encode(e) for e in events]
+    keys = [e.account_id.encode() for e in events]
+    headers: list[tuple[str, str | bytes | None]] = [
+        (HEADER_CONTENT_TYPE, RECORD_CONTENT_TYPE.encode()),
+        (HEADER_REQUEST_ID, uuid.uuid4().hex.encode()),
+        (HEADER_ACCEPTED_AT_MS, str(time.time_ns() // 1_000_000).encode()),
+        (HEADER_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),
+    ]
+    producer = Producer(producer_config(config))
+    done = [0, 0]
+
+    def delivered(err: Any, _msg: Any) -> None:
+        done[0 if err is None else 1] += 1
+
+    topic = config.topics.events
+    started = time.perf_counter()
+    for n in range(count):
+        i = n % len(values)
+        while True:
+            try:
+                producer.produce(topic, values[i], keys[i], headers=headers,
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if n % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(60)
+    elapsed = time.perf_counter() - started
+    if left or done[1]:
+        raise BenchError(f"produce loop: {left} unsent, {done[1]} failed deliveries")
+    return count / elapsed
+
+
+def _phases(url: str, args: argparse.Namespace) -> dict[str, PhaseResult]:
+    common = {"duration_s": args.duration, "warmup_s": args.warmup,
+              "max_requests": args.max_requests, "batch_size": args.batch_size}
+    return {
+        "single": run_load(LoadSpec(url, "single", concurrency=args.single_concurrency,
+                                    **common)),
+        "batch": run_load(LoadSpec(url, "batch", concurrency=args.batch_concurrency, **common)),
+    }
+
+
+def raw_uvicorn(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
+    """The same app under plain uvicorn, one process, started as a subprocess."""
+    from cluster.processes import free_port
+
+    config = msgspec.structs.replace(config, port=free_port())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.server"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": _pythonpath()},
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(encode_config(config))
+        process.stdin.close()
+        line = process.stdout.readline().decode().strip()
+        if not line.startswith("listening on "):
+            raise BenchError(f"uvicorn gateway did not start: {line!r}")
+        url = line.removeprefix("listening on ")
+        _wait_ready(url)
+        return _phases(url, args)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
+    """The same app deployed on Ray Serve with HAProxy ingress, in an in-process Ray."""
+    import ray
+    from ray import serve as _serve
+
+    from cluster.processes import free_port
+    from gateway.serve_app import deploy, haproxy_pids, serve_env
+
+    env = serve_env(config.serve, isolate=True)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+             namespace=f"bench-{uuid.uuid4().hex[:6]}",
+             runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+    try:
+        config = msgspec.structs.replace(config, port=free_port())
+        url = deploy(config)
+        _wait_ready(url)
+        if config.serve.haproxy and not haproxy_pids(env.get(
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")):
+            raise BenchError("HAProxy ingress was requested but no haproxy process runs")
+        return _phases(url, args)
+    finally:
+        try:
+            _serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            ray.shutdown()
+            shutil.rmtree(env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", ""), ignore_errors=True)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _pythonpath() -> str:
+    root = str(Path(__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return f"{root}{os.pathsep}{existing}" if existing else root
+
+
+def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise BenchError(f"{url} not ready within {timeout_s:g}s: {last}")
+
+
+# -- orchestration --------------------------------------------------------------------------
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    from cluster.local_kafka import LocalKafka
+
+    scratch = Path(tempfile.mkdtemp(prefix="eventray-bench-"))
+    kafka: LocalKafka | None = None
+    try:
+        if args.bootstrap:
+            connection = KafkaConnection(bootstrap_servers=args.bootstrap)
+        else:
+            kafka = LocalKafka(scratch / "kafka", port=0, controller_port=0,
+                               version=settings.local.kafka_version,
+                               cache_dir=settings.cache_path())
+            print("starting a local Kafka broker ...", flush=True)
+            kafka.start()
+            connection = KafkaConnection(bootstrap_servers=kafka.bootstrap_servers)
+        topic = f"bench-gateway-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient(connection.client_config())
+        for future in admin.create_topics(
+                [NewTopic(topic, settings.topics.partitions, 1)]).values():
+            future.result(timeout=60)
+        base = settings.gateway_config()
+        config = msgspec.structs.replace(
+            base, host="127.0.0.1", kafka=connection, api_keys=[],
+            topics=TopicsConfig(events=topic, partitions=settings.topics.partitions),
+            serve=msgspec.structs.replace(base.serve, app_name="eventray-bench-gateway",
+                                          num_replicas=args.replicas, autoscaling=False),
+        )
+        print(f"plain produce loop: {args.produce_events:,} records ...", flush=True)
+        ceiling = produce_ceiling(config, args.produce_events)
+        results: dict[str, dict[str, PhaseResult]] = {}
+        if "raw" not in args.skip:
+            print("plain uvicorn (1 process) ...", flush=True)
+            results["raw"] = raw_uvicorn(config, args)
+        if "serve" not in args.skip:
+            print(f"Ray Serve ({args.replicas} replica(s), {_mode(config.serve)}) ...",
+                  flush=True)
+            results["serve"] = ray_serve(config, args)
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = _summary(results, ceiling)
+    _print(results, ceiling, summary, args)
+    if args.json:
+        Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    return 0
+
+
+def _mode(serve: ServeConfig) -> str:
+    parts = ["HAProxy ingress" if serve.haproxy else "default proxy"]
+    if serve.throughput_optimized:
+        parts.append("throughput-optimized")
+    return ", ".join(parts)
+
+
+def _summary(results: dict[str, dict[str, PhaseResult]], ceiling: float) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for kind in ("single", "batch"):
+        serve = results.get("serve", {}).get(kind)
+        raw = results.get("raw", {}).get(kind)
+        entry: dict[str, Any] = {
+            "serve_events_per_s": round(serve.events_per_s, 1) if serve else None,
+            "raw_events_per_s": round(raw.events_per_s, 1) if raw else None,
+            "ratio": round(serve.events_per_s / raw.events_per_s, 3)
+            if serve and raw and raw.events_per_s else None,
+            "serve_p99_ms": round(serve.p99_ms, 2) if serve else None,
+        }
+        entry.update({
+            "serve_p50_ms": round(serve.p50_ms, 2) if serve else None,
+            "raw_p50_ms": round(raw.p50_ms, 2) if raw else None,
+            "raw_p99_ms": round(raw.p99_ms, 2) if raw else None,
+            "serve_errors": serve.errors if serve else None,
+            "raw_errors": raw.errors if raw else None,
+        })
+        summary[kind] = entry
+    summary["raw_produce_events_per_s"] = round(ceiling, 1)
+    batch_serve = summary["batch"]["serve_events_per_s"]
+    summary["batch_serve_vs_produce"] = round(batch_serve / ceiling, 3) if batch_serve else None
+    return summary
+
+
+def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
+           summary: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    print(f"{'setup':<16}{'request':<12}{'conc':>5}{'req/s':>10}{'events/s':>12}"
+          f"{'p50 ms':>9}{'p99 ms':>9}  errors")
+    for setup in ("raw", "serve"):
+        for kind, phase in results.get(setup, {}).items():
+            conc = args.single_concurrency if kind == "single" else args.batch_concurrency
+            label = "1 event" if kind == "single" else f"{args.batch_size} events"
+            print(f"{'uvicorn' if setup == 'raw' else 'Ray Serve':<16}{label:<12}{conc:>5}"
+                  f"{phase.requests_per_s:>10,.0f}{phase.events_per_s:>12,.0f}"
+                  f"{phase.p50_ms:>9.2f}{phase.p99_ms:>9.2f}  {phase.errors or '-'}")
+    print(f"{'produce loop':<16}{'-':<12}{'-':>5}{'-':>10}{ceiling:>12,.0f}")
+    print()
+
+    def verdict(value: float | None, target: float) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.2f} ({'meets' if value >= target else 'below'} target {target})"
+
+    print("Serve / uvicorn, 1-event requests:    "
+          + verdict(summary["single"]["ratio"], TARGETS["single_ratio"]))
+    print(f"Serve / uvicorn, {args.batch_size}-event requests: "
+          + verdict(summary["batch"]["ratio"], TARGETS["batch_ratio"]))
+    print("Serve batch / plain produce loop:     "
+          + verdict(summary["batch_serve_vs_produce"], TARGETS["batch_vs_produce"]))
