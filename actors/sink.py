@@ -1,0 +1,286 @@
+"""The exactly-once Snowflake sink: a plain writer class and the Ray actor that hosts it.
+
+``SnowflakeWriter.write`` applies one partition batch ``[from_offset, to_offset)`` in ONE
+transaction that also appends the partition's new committed offset:
+
+1. ``committed = MAX(NEXT_OFFSET)`` for the partition (``None``: never written);
+2. ``committed >= to_offset``: already applied, nothing is written (an idempotent retry);
+3. ``committed < from_offset``: the batch would skip records -> ``OffsetGapError``
+   (unless the partition was never written: the consumer starts wherever the topic starts);
+4. insert the rows with ``kafka_offset >= committed`` (a retry overlapping a committed range
+   writes only the new rows) in one statement;
+5. append ``(topic, partition, to_offset)`` to the offsets table; 6. COMMIT.
+
+Because 1-3 re-read the committed offset inside the transaction, retrying the whole transaction
+after a lost connection (or a COMMIT whose outcome is unknown) is safe. Rows and offset commit
+together or not at all, so the consumer's Kafka offsets are only a hint: on restart it resumes
+from ``committed_offset``.
+
+One writer per partition at a time: the design relies on a partition's batches arriving in
+order from its single consumer, and on a synchronous actor serialising calls. Two zombie writers
+racing on the SAME partition are not fenced here (Snowflake inserts do not block each other).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import ray
+import snowflake.connector
+from snowflake.connector import errors as sf_errors
+
+from actors.config import SinkConfig, SnowflakeConfig
+from actors.exceptions import OffsetGapError, SinkError
+from actors.rows import FlushResult, SinkBatch
+from actors.warehouse import WarehouseSql, warehouse_sql
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Errors after which a fresh connection and a retry of the whole transaction may succeed.
+_TRANSIENT: Final[tuple[type[Exception], ...]] = (
+    sf_errors.OperationalError,
+    sf_errors.InterfaceError,
+    sf_errors.InternalServerError,
+    sf_errors.BadGatewayError,
+    sf_errors.ServiceUnavailableError,
+    sf_errors.GatewayTimeoutError,
+    sf_errors.RequestTimeoutError,
+    sf_errors.OtherHTTPRetryableError,
+    sf_errors.TooManyRequests,
+    sf_errors.RequestExceedMaxRetryError,
+    sf_errors.TokenExpiredError,
+    sf_errors.HttpError,
+)
+# Session gone (expired, or the server restarted and forgot it): reconnecting fixes it.
+_SESSION_ERRNOS: Final = frozenset({390111, 390112, 390114})
+_MAX_BACKOFF_S: Final = 10.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether reconnecting and retrying the transaction may succeed after ``exc``."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, sf_errors.Error) and exc.errno in _SESSION_ERRNOS
+
+
+class SnowflakeWriter:
+    """One Snowflake connection that writes partition batches exactly once. No Ray in here.
+
+    Not thread-safe: one caller at a time (the sink actor is synchronous).
+    """
+
+    def __init__(self, config: SnowflakeConfig, sink: SinkConfig) -> None:
+        self._config = config
+        self._sink = sink
+        self._sql: WarehouseSql = warehouse_sql(config)
+        self._conn: Any = None  # connected lazily, on first use
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        """Create the events and offsets tables when missing (idempotent)."""
+        self._with_retries("ensure_tables", self._ensure_tables_once)
+
+    def write(self, batch: SinkBatch) -> FlushResult:
+        """Apply ``batch`` exactly once; see the module docstring for the steps."""
+        if batch.to_offset < batch.from_offset:
+            raise SinkError(
+                f"batch range inverted topic={batch.topic} partition={batch.partition} "
+                f"from_offset={batch.from_offset} to_offset={batch.to_offset}"
+            )
+        started = time.perf_counter()
+        written, committed = self._with_retries("write", lambda: self._write_once(batch))
+        result = FlushResult(
+            rows_written=written,
+            rows_skipped=batch.row_count - written,
+            committed_offset=committed,
+            seconds=time.perf_counter() - started,
+        )
+        logger.debug(
+            "batch written topic=%s partition=%d from_offset=%d to_offset=%d rows_written=%d "
+            "rows_skipped=%d seconds=%.3f", batch.topic, batch.partition, batch.from_offset,
+            batch.to_offset, result.rows_written, result.rows_skipped, result.seconds,
+        )
+        return result
+
+    def committed_offset(self, topic: str, partition: int) -> int | None:
+        """The partition's committed next offset; ``None`` when it was never written."""
+        rows = self._query(self._sql.committed_offset, (topic, partition))
+        value = rows[0][0] if rows else None
+        return None if value is None else int(value)
+
+    def recent_keys(self, topic: str, partition: int, since_ms: int) -> list[tuple[str, str]]:
+        """``(account_id, event_id)`` of the partition's rows accepted at/after ``since_ms``.
+
+        Rows without a gateway accept time count from when they were written.
+        """
+        rows = self._query(self._sql.recent_keys, (topic, partition, since_ms))
+        return [(str(account), str(event)) for account, event in rows]
+
+    def count_rows(self, topic: str | None = None) -> int:
+        """Rows in the events table (of ``topic`` when given)."""
+        if topic is None:
+            rows = self._query(self._sql.count_rows, ())
+        else:
+            rows = self._query(self._sql.count_rows_of_topic, (topic,))
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        """Close the connection (a later call reconnects)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sf_errors.Error as exc:
+                # The connection is being dropped anyway; the server ends the session itself.
+                logger.warning("closing the Snowflake connection failed error=%r", exc)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = snowflake.connector.connect(
+                **self._config.connect_kwargs(), paramstyle="qmark", autocommit=True,
+            )
+            logger.info("connected to Snowflake database=%s schema=%s",
+                        self._config.database, self._config.schema)
+        return self._conn
+
+    def _with_retries(self, what: str, attempt_once: Callable[[], _T]) -> _T:
+        """Run ``attempt_once`` and retry it on a transient error with a fresh connection."""
+        attempts = self._sink.retry_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                result = attempt_once()
+            except sf_errors.Error as exc:
+                self.close()
+                if not is_transient(exc):
+                    raise SinkError(f"{what} failed: {exc}") from exc
+                if attempt == attempts:
+                    raise SinkError(f"{what} failed after {attempts} attempts: {exc}") from exc
+                backoff = min(self._sink.retry_backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+                logger.warning("transient Snowflake error, retrying what=%s attempt=%d "
+                               "backoff_s=%.2f error=%r", what, attempt, backoff, exc)
+                time.sleep(backoff)
+            else:
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ensure_tables_once(self) -> None:
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(self._sql.create_events)
+            cursor.execute(self._sql.create_offsets)
+        finally:
+            cursor.close()
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        def once() -> list[tuple[Any, ...]]:
+            cursor = self._connection().cursor()
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+        return self._with_retries("query", once)
+
+    def _write_once(self, batch: SinkBatch) -> tuple[int, int]:
+        """One transaction; returns ``(rows_written, committed_offset)``."""
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute("BEGIN")
+            cursor.execute(self._sql.committed_offset, (batch.topic, batch.partition))
+            row = cursor.fetchone()
+            committed = None if row is None or row[0] is None else int(row[0])
+            start = _start_offset(batch, committed)
+            if start is None:
+                cursor.execute("ROLLBACK")  # already applied: nothing to write
+                assert committed is not None
+                return 0, committed
+            written = 0
+            if batch.row_count > 0:
+                cursor.execute(self._sql.insert_rows, (batch.rows_json.decode(), start))
+                written = _rows_inserted(cursor)
+            cursor.execute(self._sql.insert_offset,
+                           (batch.topic, batch.partition, batch.to_offset))
+            cursor.execute("COMMIT")
+        except BaseException:
+            self._rollback(cursor)
+            raise
+        finally:
+            cursor.close()
+        return written, batch.to_offset
+
+    def _rollback(self, cursor: Any) -> None:
+        try:
+            cursor.execute("ROLLBACK")
+        except sf_errors.Error as exc:
+            # The session is unusable; drop it so the server discards the open transaction.
+            logger.warning("rollback failed, dropping the connection error=%r", exc)
+            self.close()
+
+
+def _start_offset(batch: SinkBatch, committed: int | None) -> int | None:
+    """The first offset to insert, ``None`` when the batch is already applied.
+
+    Raises ``OffsetGapError`` when the batch starts after the committed offset.
+    """
+    if committed is None:
+        return batch.from_offset  # never written: start wherever the consumer starts
+    if committed >= batch.to_offset:
+        return None
+    if committed < batch.from_offset:
+        raise OffsetGapError(
+            f"batch would skip records topic={batch.topic} partition={batch.partition} "
+            f"committed_offset={committed} from_offset={batch.from_offset}"
+        )
+    return committed
+
+
+def _rows_inserted(cursor: Any) -> int:
+    """Rows inserted by the last INSERT (Snowflake returns the count as a result row)."""
+    rowcount = cursor.rowcount
+    if isinstance(rowcount, int) and rowcount >= 0:
+        return rowcount
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+class SnowflakeSink:
+    """The sink actor body. Keep it a SYNCHRONOUS actor: calls are serialised, which the
+    exactly-once design relies on. The connection is made inside the actor, from config."""
+
+    def __init__(self, config: SnowflakeConfig, sink: SinkConfig) -> None:
+        self._writer = SnowflakeWriter(config, sink)
+
+    def ping(self) -> str:
+        """The node id the actor runs on (liveness and placement checks)."""
+        node_id: str = ray.get_runtime_context().get_node_id()
+        return node_id
+
+    def ensure_tables(self) -> None:
+        self._writer.ensure_tables()
+
+    def write(self, batch: SinkBatch) -> FlushResult:
+        return self._writer.write(batch)
+
+    def committed_offset(self, topic: str, partition: int) -> int | None:
+        return self._writer.committed_offset(topic, partition)
+
+    def recent_keys(self, topic: str, partition: int, since_ms: int) -> list[tuple[str, str]]:
+        return self._writer.recent_keys(topic, partition, since_ms)
+
+    def count_rows(self, topic: str | None = None) -> int:
+        return self._writer.count_rows(topic)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+SnowflakeSinkActor = ray.remote(SnowflakeSink)

@@ -1,0 +1,128 @@
+"""Every statement eventray runs against Snowflake: the DDL and the SQL, in one place.
+
+Tables (names from ``SnowflakeConfig``; unquoted identifiers, so Snowflake stores them
+upper-case):
+
+* events: one row per accepted, valid event, with its Kafka lineage (topic, partition, offset,
+  the gateway's request id and accept time) and ``WRITTEN_AT``, set by the warehouse at write.
+* offsets: the partition's committed next offset, APPEND-ONLY. Each write transaction inserts a
+  new ``(TOPIC, PARTITION, NEXT_OFFSET, WRITTEN_AT)`` row and readers take ``MAX(NEXT_OFFSET)``.
+  Never UPDATE: a sink killed mid-transaction can leave an open transaction in the emulator that
+  would make an UPDATE of the same row conflict forever; inserts never conflict. Pruning old
+  offset rows (keep the max per partition) is left to an operator task, not done here.
+
+Timestamps are TIMESTAMP_TZ: the emulator (DuckDB TIMESTAMPTZ) returns them as aware UTC
+datetimes, which round-trip exactly to the microsecond; Snowflake keeps the offset given.
+
+Rows arrive as ONE bound JSON array per batch (``actors.rows.encode_rows``) that the warehouse
+flattens server side: one statement per batch, valid Snowflake SQL and fast on the emulator
+(``executemany`` is ~40x slower there, ``write_pandas``/``PUT``/``MERGE`` from FLATTEN fail).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from actors.config import SnowflakeConfig
+from actors.exceptions import ConfigError
+
+# Unquoted Snowflake identifiers, optionally qualified (db.schema.table). We interpolate table
+# names into SQL, so anything else is refused; values are always bound.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
+
+# The events table's columns, in insert order.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "EVENT_ID", "ACCOUNT_ID", "EVENT_TYPE", "OCCURRED_AT", "SCHEMA_VERSION", "BODY",
+    "KAFKA_TOPIC", "KAFKA_PARTITION", "KAFKA_OFFSET", "REQUEST_ID", "ACCEPTED_AT", "WRITTEN_AT",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseSql:
+    """The statements for one pair of tables; parameters use the ``qmark`` style."""
+
+    events_table: str
+    offsets_table: str
+    create_events: str
+    create_offsets: str
+    # (rows_json: str, min_offset: int) -> inserts the rows with kafka_offset >= min_offset
+    insert_rows: str
+    # (topic, partition, next_offset)
+    insert_offset: str
+    # (topic, partition) -> MAX(NEXT_OFFSET) or NULL
+    committed_offset: str
+    # (topic, partition, since_ms) -> (ACCOUNT_ID, EVENT_ID) rows
+    recent_keys: str
+    count_rows: str
+    # (topic,)
+    count_rows_of_topic: str
+
+
+def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
+    """The statements for ``config``'s tables; raises ``ConfigError`` for unsafe table names."""
+    events = _identifier("snowflake.events_table", config.events_table)
+    offsets = _identifier("snowflake.offsets_table", config.offsets_table)
+    return WarehouseSql(
+        events_table=events,
+        offsets_table=offsets,
+        create_events=f"""CREATE TABLE IF NOT EXISTS {events} (
+    EVENT_ID VARCHAR NOT NULL,
+    ACCOUNT_ID VARCHAR NOT NULL,
+    EVENT_TYPE VARCHAR NOT NULL,
+    OCCURRED_AT TIMESTAMP_TZ NOT NULL,
+    SCHEMA_VERSION NUMBER(10, 0) NOT NULL,
+    BODY VARIANT,
+    KAFKA_TOPIC VARCHAR NOT NULL,
+    KAFKA_PARTITION NUMBER(10, 0) NOT NULL,
+    KAFKA_OFFSET NUMBER(38, 0) NOT NULL,
+    REQUEST_ID VARCHAR,
+    ACCEPTED_AT TIMESTAMP_TZ,
+    WRITTEN_AT TIMESTAMP_TZ NOT NULL
+)""",
+        create_offsets=f"""CREATE TABLE IF NOT EXISTS {offsets} (
+    TOPIC VARCHAR NOT NULL,
+    "PARTITION" NUMBER(10, 0) NOT NULL,
+    NEXT_OFFSET NUMBER(38, 0) NOT NULL,
+    WRITTEN_AT TIMESTAMP_TZ NOT NULL
+)""",
+        # TO_TIMESTAMP_TZ(NULL, 3) gives the epoch on the emulator, hence the CASE.
+        insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
+SELECT
+    value:event_id::string,
+    value:account_id::string,
+    value:event_type::string,
+    value:occurred_at::timestamp_tz,
+    value:schema_version::number,
+    value:body,
+    value:kafka_topic::string,
+    value:kafka_partition::number,
+    value:kafka_offset::number,
+    value:request_id::string,
+    CASE WHEN value:accepted_at_ms::number IS NULL THEN NULL
+         ELSE TO_TIMESTAMP_TZ(value:accepted_at_ms::number, 3) END,
+    CURRENT_TIMESTAMP()
+FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
+WHERE value:kafka_offset::number >= ?""",
+        insert_offset=(
+            f'INSERT INTO {offsets} (TOPIC, "PARTITION", NEXT_OFFSET, WRITTEN_AT) '
+            "SELECT ?, ?, ?, CURRENT_TIMESTAMP()"
+        ),
+        committed_offset=(
+            f'SELECT MAX(NEXT_OFFSET) FROM {offsets} WHERE TOPIC = ? AND "PARTITION" = ?'
+        ),
+        # Records produced without the gateway's accept-time header fall back to WRITTEN_AT.
+        recent_keys=(
+            f"SELECT ACCOUNT_ID, EVENT_ID FROM {events} "
+            "WHERE KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? "
+            "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3)"
+        ),
+        count_rows=f"SELECT COUNT(*) FROM {events}",
+        count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",
+    )
+
+
+def _identifier(key: str, name: str) -> str:
+    if _IDENTIFIER.match(name) is None:
+        raise ConfigError(f"{key}: {name!r} is not an unquoted Snowflake identifier")
+    return name
