@@ -128,9 +128,9 @@ def _load_process(spec: LoadSpec, conn: Connection) -> None:
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
         pass
     try:
-        conn.send(msgspec.msgpack.encode(asyncio.run(_drive(spec))))
+        conn.send_bytes(msgspec.msgpack.encode(asyncio.run(_drive(spec))))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(msgspec.msgpack.encode({"error": f"{type(exc).__name__}: {exc}"}))
+        conn.send_bytes(msgspec.msgpack.encode({"error": f"{type(exc).__name__}: {exc}"}))
     finally:
         conn.close()
 
