@@ -337,3 +337,34 @@ def test_consumers_are_named_actors_and_the_report_shows_every_partition(
     assert [p.partition for p in status.partitions] == [0, 1, 2, 3]
     assert all(p.lag is not None and p.node_id for p in status.partitions)
     assert "LAG" in lines[1] and "OWNER" in lines[1]
+
+
+def test_added_partitions_get_a_consumer_and_a_dead_letter_partition(
+        settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    from actors.kafka_admin import partition_count
+
+    config = settings.pipeline_config()
+    admin = AdminClient(config.kafka.client_config())
+    for future in admin.create_partitions([NewPartitions(config.topics.events, 5)]).values():
+        future.result(timeout=30)
+    work = workload(200, seed=5)
+    events = [e for b in work.batches for e in b]
+    codec = EventCodec()
+    producer = Producer({**config.kafka.client_config(), "acks": "all"})
+    for event in events:  # all onto the new partition, whatever their key
+        producer.produce(config.topics.events, key=event.account_id.encode(),
+                         value=codec.encode(event), partition=4)
+    assert producer.flush(30) == 0
+
+    def has_five() -> bool:
+        status = get_status(config)
+        return status is not None and len(status.partitions) == 5
+    wait_for("a consumer for partition 4", has_five, timeout=60)
+    assert partition_count(config.kafka, config.topics.dead_letter) == 5
+    wait_until_drained(config)
+    result = landed(settings)
+    new_rows = {(a, e) for a, e, p, _ in result.rows if p == 4}
+    new_dead = {(a, e) for a, e, p, _ in result.dead if p == 4}
+    assert new_rows == work.valid_ids and new_dead == work.invalid_ids
