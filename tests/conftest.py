@@ -7,6 +7,7 @@ start errors the asking tests with the service's log tail (``ServiceStartError``
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,11 @@ from cluster.local_snowflake import LocalSnowflake
 from cluster.settings import Settings, load_settings
 
 TopicFactory = Callable[..., str]
+
+# Ray picks the address it advertises by routing towards a public IP, i.e. the machine's
+# external interface. Tests talk over loopback only: this makes every in-process ray.init and
+# ray.cluster_utils.Cluster node use 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
