@@ -237,6 +237,9 @@ def produce_ceiling(config: GatewayConfig, count: int) -> float:
         done[0 if err is None else 1] += 1
 
     topic = config.topics.events
+    for n in range(20_000):  # warm up: connections, producer id, metadata
+        producer.produce(topic, values[n % len(values)], keys[n % len(keys)], headers=headers)
+    producer.flush(60)
     started = time.perf_counter()
     for n in range(count):
         i = n % len(values)
@@ -378,6 +381,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         for future in admin.create_topics(
                 [NewTopic(topic, settings.topics.partitions, 1)]).values():
             future.result(timeout=60)
+        del admin
         base = settings.gateway_config()
         config = msgspec.structs.replace(
             base, host="127.0.0.1", kafka=connection, api_keys=[],

@@ -175,12 +175,12 @@ class DeliveryProducer:
         """Purge a broken client in the background: its pending requests fail (503)."""
 
         def drain() -> None:
-            client.purge(True, True)
-            client.poll(0)
+            # Stop the old poll thread first: delivery reports are served by one thread only.
             if stop is not None:
                 stop.set()
             if thread is not None:
                 thread.join()
+            client.purge(True, True)
             left = client.flush(1.0)
             if left:
                 log.error("retired producer still held records count=%d", left)
