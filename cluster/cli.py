@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Per-request / per-connection chatter from client libraries drowns the progress lines.
+        for noisy in ("httpx", "snowflake.connector", "ray"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
         return _load(COMMANDS[args.command][0]).run(settings, args)

@@ -55,11 +55,11 @@ class SendResult:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import ray
-    from actors.kafka_admin import ensure_topics
-    from gateway.serve_app import deploy
 
+    from actors.kafka_admin import ensure_topics
     from cluster.stack import ensure_up
     from cluster.supervisor import start_pipeline
+    from gateway.serve_app import deploy
 
     settings = ensure_up(settings)
     ray.init(address=settings.ray.address, namespace=settings.ray.namespace,
@@ -81,7 +81,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
              f"{len(workload.refused_bodies):,} malformed, "
              f"{sum(map(len, workload.retry_batches)):,} re-sent as client retries)")
         sent = asyncio.run(_send(url, settings, workload, args.concurrency))
-        landed = _wait_for_landing(probe, workload, args.timeout)
+        try:
+            landed = _wait_for_landing(probe, workload, args.timeout)
+        finally:
+            probe.close()
         summary = _summary(workload, sent, landed)
     finally:
         ray.shutdown()

@@ -62,6 +62,7 @@ class LandingProbe:
                 TopicPartition(config.topics.dead_letter, p), timeout=10)
             assignment.append(TopicPartition(config.topics.dead_letter, p, high))
         self._consumer.assign(assignment)
+        self._connection = snowflake.connector.connect(**config.snowflake.connect_kwargs())
 
     def landed(self, *, with_latency: bool = False) -> Landed:
         self._drain_dead_letters()
@@ -77,6 +78,7 @@ class LandingProbe:
 
     def close(self) -> None:
         self._consumer.close()
+        self._connection.close()
 
     def _drain_dead_letters(self) -> None:
         while True:
@@ -102,7 +104,7 @@ class LandingProbe:
         self, *, with_keys: bool
     ) -> tuple[int, set[tuple[str, str]], list[float], float]:
         sf = self._config.snowflake
-        with snowflake.connector.connect(**sf.connect_kwargs()) as conn, conn.cursor() as cur:
+        with self._connection.cursor() as cur:
             if not with_keys:
                 cur.execute(f"SELECT COUNT(*) FROM {sf.events_table} WHERE EVENT_ID LIKE %s",
                             (self._pattern,))
