@@ -5,10 +5,12 @@ in the middle of a run; the table and the dead-letter topic still hold each even
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import ray
+from confluent_kafka import KafkaException
 from test_pipeline import (
     assert_exactly_once,
     landed,
@@ -23,6 +25,7 @@ from test_pipeline import (
 
 from actors.config import KafkaConnection, SnowflakeConfig
 from actors.consumer import consumer_name, sink_name
+from actors.dead_letter import DeadLetter, DeadLetterProducer, read_recent_keys
 from cluster.settings import Settings
 from cluster.supervisor import get_status, start_pipeline, stop_pipeline
 
@@ -101,3 +104,37 @@ def _answers(handle: object) -> bool:
     except ray.exceptions.RayError:
         return False
     return True
+
+
+def test_a_zombie_dead_letter_transaction_is_aborted_and_nothing_is_dead_lettered_twice(
+        kafka_connection: KafkaConnection, topic_factory: Callable[..., str]) -> None:
+    source = f"src-{uuid.uuid4().hex[:8]}"
+    dlq = topic_factory(partitions=2, prefix="dlq")
+
+    def letters(offsets: range) -> list[DeadLetter]:
+        return [DeadLetter(source_offset=o, key=b"acct-1",
+                           value=f'{{"account_id":"acct-1","event_id":"e-{o}"}}'.encode(),
+                           reason="unknown_currency: XYZ") for o in offsets]
+
+    first = DeadLetterProducer(kafka_connection, dlq, source, 1)
+    assert first.start(floor=0).watermark == -1
+    assert first.publish(letters(range(5))) == 5
+    # The "zombie": its next transaction is produced but never committed (it hangs, then dies).
+    first._producer.begin_transaction()
+    for letter in letters(range(5, 8)):
+        first._produce(letter)
+    first._producer.flush(10)
+
+    successor = DeadLetterProducer(kafka_connection, dlq, source, 1)
+    recovered = successor.start(floor=2)  # fences the zombie and aborts its transaction
+    assert recovered.watermark == 4 and recovered.offsets == frozenset({2, 3, 4})
+    assert successor.publish(letters(range(3, 9))) == 4  # 5..8; 3 and 4 are there already
+    with pytest.raises(KafkaException):
+        first._producer.commit_transaction(10)  # fenced
+
+    again = DeadLetterProducer(kafka_connection, dlq, source, 1)
+    assert again.start(floor=0).offsets == frozenset(range(9))
+    assert sorted(read_recent_keys(kafka_connection, dlq, 1, since_ms=0)) == sorted(
+        ("acct-1", f"e-{o}") for o in range(9))
+    for producer in (successor, again):
+        producer.close()
