@@ -55,7 +55,7 @@ def read_partition(connection: KafkaConnection, topic: str, partition: int,
         while len(out) < high and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=500, timeout=0.5):
                 assert msg.error() is None, msg.error()
-                out.append((msg.key().decode(), msg.value().decode()))
+                out.append(((msg.key() or b"").decode(), (msg.value() or b"").decode()))
         return out
     finally:
         consumer.close()
@@ -143,9 +143,8 @@ def test_a_port_taken_after_the_check_is_reported_from_the_dying_broker(
     # itself fails: the error must still name the port and quote the broker's log.
     broker = LocalKafka(tmp_path / "kafka", version=eventray_settings.local.kafka_version,
                         cache_dir=eventray_settings.cache_path(), heap="256m")
-    import cluster.local_kafka as local_kafka
+    from cluster.processes import require_free_ports as original
 
-    original = local_kafka.require_free_ports
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
     def check_then_grab(service: str, ports: dict[str, int], host: str = "127.0.0.1") -> None:
@@ -154,7 +153,7 @@ def test_a_port_taken_after_the_check_is_reported_from_the_dying_broker(
         holder.bind((host, ports["broker port"]))
         holder.listen()
 
-    monkeypatch.setattr(local_kafka, "require_free_ports", check_then_grab)
+    monkeypatch.setattr("cluster.local_kafka.require_free_ports", check_then_grab)
     try:
         with pytest.raises(ServiceStartError) as info:
             broker.start(timeout=60)
