@@ -36,15 +36,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (a broken or heavy module elsewhere
+    never stops another command, and ``eventray --help`` stays fast)."""
     parser = argparse.ArgumentParser(prog="eventray", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="settings TOML file (default: $EVENTRAY_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        _load(module_name).add_arguments(command_parser)
+        if name == command:
+            _load(module_name).add_arguments(command_parser)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
 
 
 def _load(module_name: str) -> Command:
@@ -53,8 +60,8 @@ def _load(module_name: str) -> Command:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_chosen_command(arguments)).parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

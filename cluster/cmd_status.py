@@ -1,4 +1,4 @@
-"""``eventray status``: what of the local stack runs, and (later) the pipeline's lag."""
+"""``eventray status``: what of the local stack runs, and the pipeline's per-partition lag."""
 
 from __future__ import annotations
 
@@ -8,14 +8,26 @@ from cluster.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--stack-only", action="store_true",
+                        help="only the local stack; do not connect to Ray for the pipeline")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when every recorded service runs, 1 when nothing runs or a service is down."""
+    from cluster.pipeline_status import report
+    from cluster.stack import stack_settings, status
+
+    local = status(settings)
     healthy = print_stack_status(settings)
-    # The pipeline part (per-partition committed offset, high watermark, lag) goes here.
-    return 0 if healthy else 1
+    if args.stack_only:
+        return 0 if healthy else 1
+    if local and not healthy:
+        return 1  # the pipeline lives on the local Ray: nothing to ask
+    # With a local stack, talk to its Ray; otherwise to the cluster the settings name.
+    target = stack_settings(settings) if local else settings
+    print()
+    print(report(target))
+    return 0 if healthy or not local else 1
 
 
 def print_stack_status(settings: Settings) -> bool:
