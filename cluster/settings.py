@@ -13,6 +13,7 @@ pipeline's own config Structs, which is all those packages ever see.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -188,5 +189,9 @@ def _convert(tree: dict[str, Any]) -> Settings:
         # msgspec says "... - at `$.kafka.port`"; make it "kafka.port: ...".
         message = str(exc)
         reason, _, where = message.partition(" - at `")
-        key = where.rstrip("`").removeprefix("$.").removeprefix("$") or "(root)"
-        raise ConfigError(f"invalid setting {key}: {reason}") from None
+        key = where.rstrip("`").removeprefix("$.").removeprefix("$")
+        unknown = re.search(r"unknown field `([^`]+)`", reason)
+        if unknown:  # name the offending key itself, not only its section
+            key = f"{key}.{unknown[1]}" if key else unknown[1]
+            reason = "unknown setting"
+        raise ConfigError(f"invalid setting {key or '(root)'}: {reason}") from None

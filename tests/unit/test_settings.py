@@ -87,8 +87,8 @@ def test_env_arrays_and_secrets() -> None:
     ({"EVENTRAY_TOPICS__PARTITIONS": "0"}, "topics.partitions"),
     ({"EVENTRAY_TOPICS__PARTITIONS": "many"}, "topics.partitions"),
     ({"EVENTRAY_KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),
-    ({"EVENTRAY_KAFKA__NO_SUCH_KEY": "1"}, "kafka"),
-    ({"EVENTRAY_NOSECTION__KEY": "1"}, "(root)"),
+    ({"EVENTRAY_KAFKA__NO_SUCH_KEY": "1"}, "kafka.no_such_key: unknown setting"),
+    ({"EVENTRAY_NOSECTION__KEY": "1"}, "nosection: unknown setting"),
 ])
 def test_an_invalid_setting_fails_naming_its_key(environ: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"invalid setting {key}")):
