@@ -59,6 +59,10 @@ _TRANSIENT: Final[tuple[type[Exception], ...]] = (
 # Session gone (expired, or the server restarted and forgot it): reconnecting fixes it.
 _SESSION_ERRNOS: Final = frozenset({390111, 390112, 390114})
 _MAX_BACKOFF_S: Final = 10.0
+# Bounds the connector's own retry loop per request (unbounded by default: with the warehouse
+# down, a call would hang for minutes instead of failing into our retries). Long queries on a
+# real account are polled by the connector, each poll a short request.
+_NETWORK_TIMEOUT_S: Final = 30
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -146,6 +150,7 @@ class SnowflakeWriter:
         if self._conn is None:
             self._conn = snowflake.connector.connect(
                 **self._config.connect_kwargs(), paramstyle="qmark", autocommit=True,
+                network_timeout=_NETWORK_TIMEOUT_S,
             )
             logger.info("connected to Snowflake database=%s schema=%s",
                         self._config.database, self._config.schema)

@@ -13,6 +13,8 @@ upper-case):
 
 Timestamps are TIMESTAMP_TZ: the emulator (DuckDB TIMESTAMPTZ) returns them as aware UTC
 datetimes, which round-trip exactly to the microsecond; Snowflake keeps the offset given.
+The emulator stores NULL timestamps correctly but its result encoding returns them as the epoch
+(1970-01-01): test for NULL with ``IS NULL`` in SQL, not in the fetched value.
 
 Rows arrive as ONE bound JSON array per batch (``actors.rows.encode_rows``) that the warehouse
 flattens server side: one statement per batch, valid Snowflake SQL and fast on the emulator
@@ -86,7 +88,6 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     NEXT_OFFSET NUMBER(38, 0) NOT NULL,
     WRITTEN_AT TIMESTAMP_TZ NOT NULL
 )""",
-        # TO_TIMESTAMP_TZ(NULL, 3) gives the epoch on the emulator, hence the CASE.
         insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
 SELECT
     value:event_id::string,
@@ -99,8 +100,7 @@ SELECT
     value:kafka_partition::number,
     value:kafka_offset::number,
     value:request_id::string,
-    CASE WHEN value:accepted_at_ms::number IS NULL THEN NULL
-         ELSE TO_TIMESTAMP_TZ(value:accepted_at_ms::number, 3) END,
+    TO_TIMESTAMP_TZ(value:accepted_at_ms::number, 3),
     CURRENT_TIMESTAMP()
 FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
 WHERE value:kafka_offset::number >= ?""",
