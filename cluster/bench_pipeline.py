@@ -1,0 +1,591 @@
+"""``eventray bench pipeline``: topic -> committed rows, the pipeline vs two raw baselines.
+
+One run, one topic, one warehouse (fresh tables per phase):
+
+(a) raw consume: one confluent-kafka consumer reads the whole topic (events/s, the ceiling of
+    reading); (b) raw sink: one plain process, no Ray, consumes, decodes (``EventCodec``),
+    validates (``validate_batch``), builds rows and writes them with ``SnowflakeWriter`` in the
+    pipeline's batch size (the ceiling of one writer); (c) the pipeline: the supervisor's
+    partition consumers and sink pool, from the moment they are all up until the warehouse's
+    committed offsets reach the topic's end (rows already committed at that moment are not
+    counted). Prints c/a and c/b. ``--e2e`` also drives HTTP -> committed row through the
+    gateway (plain uvicorn subprocess) while the pipeline runs, with accept->commit latency
+    taken from the rows' ACCEPTED_AT/WRITTEN_AT.
+
+Starts its own LocalKafka and LocalSnowflake on free ports in a temp dir unless pointed at
+running ones. Every phase is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors.config import KafkaConnection, PipelineConfig, SinkConfig, SnowflakeConfig
+from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
+    HEADER_CONTENT_TYPE,
+    HEADER_REQUEST_ID,
+    RECORD_CONTENT_TYPE,
+    Event,
+    EventCodec,
+)
+from actors.exceptions import EventrayError
+from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
+from actors.sink import SnowflakeWriter
+from actors.validation import validate_batch
+from cluster.settings import Settings
+from cluster.workload import WorkloadSpec, generate
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"ratio_vs_sink": 1.0, "e2e_events_per_s": 30_000.0}
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class BenchError(EventrayError):
+    """The benchmark could not run a phase."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
+    parser.add_argument("--snowflake-port", type=int,
+                        help="use the emulator on 127.0.0.1:PORT instead of starting one")
+    parser.add_argument("--events", type=int, default=200_000, help="events in the topic")
+    parser.add_argument("--invalid-share", type=float, default=0.05)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=5000,
+                        help="events per warehouse batch (raw sink and pipeline)")
+    parser.add_argument("--pool-size", type=int, default=2, help="pipeline sink actors")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
+    parser.add_argument("--skip", choices=["consume", "sink", "pipeline"], action="append",
+                        default=[])
+    parser.add_argument("--e2e", action="store_true", help="also HTTP -> committed row")
+    parser.add_argument("--e2e-events", type=int, default=100_000)
+    parser.add_argument("--e2e-batch", type=int, default=1000, help="events per HTTP request")
+    parser.add_argument("--e2e-concurrency", type=int, default=4)
+    parser.add_argument("--profile", metavar="PATH",
+                        help="cProfile the raw sink phase into PATH (pstats)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+
+
+# -- the stack ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _stack(settings: Settings, args: argparse.Namespace) -> Iterator[tuple[KafkaConnection,
+                                                                          SnowflakeConfig]]:
+    """Kafka and the emulator: the given ones, or local ones in a temp dir (removed after)."""
+    from cluster.local_kafka import LocalKafka
+    from cluster.local_snowflake import LocalSnowflake, emulator_config
+    from cluster.local_snowflake import ensure_database as ensure_db
+
+    work = Path(tempfile.mkdtemp(prefix="eventray-bench-pipeline-"))
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, True)
+        if args.bootstrap:
+            kafka = KafkaConnection(bootstrap_servers=args.bootstrap)
+        else:
+            broker = LocalKafka(work / "kafka", port=0, controller_port=0,
+                                version=settings.local.kafka_version,
+                                cache_dir=settings.cache_path(), heap="1g")
+            stack.callback(broker.stop)
+            broker.start(timeout=120)
+            kafka = broker.connection()
+        database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
+        if args.snowflake_port:
+            snowflake = emulator_config("127.0.0.1", args.snowflake_port, database=database)
+        else:
+            server = LocalSnowflake(work / "snowflake", port=0)
+            stack.callback(server.stop)
+            server.start(timeout=120)
+            snowflake = server.snowflake_config(database=database)
+        ensure_db(snowflake)
+        yield kafka, snowflake
+
+
+def _create_topic(conn: KafkaConnection, name: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient(conn.client_config())
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        parts = admin.list_topics(topic=name, timeout=10).topics[name].partitions
+        if len(parts) == partitions and all(p.leader >= 0 for p in parts.values()):
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"topic {name}: partitions without a leader")
+        time.sleep(0.1)
+
+
+def _produce(conn: KafkaConnection, topic: str, events: list[Event]) -> float:
+    """Produce as the gateway does (key, value, headers); every record confirmed. Events/s."""
+    from confluent_kafka import Producer
+
+    codec = EventCodec()
+    producer = Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 1_000_000,
+                         "partitioner": "murmur2_random"})
+    failures: list[Any] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex.encode()
+    for n, event in enumerate(events):
+        accepted = str(time.time_ns() // 1_000_000).encode()
+        producer.produce(topic, key=event.account_id.encode(), value=codec.encode(event),
+                         headers=[(HEADER_CONTENT_TYPE, RECORD_CONTENT_TYPE.encode()),
+                                  (HEADER_REQUEST_ID, request_id),
+                                  (HEADER_ACCEPTED_AT_MS, accepted)],
+                         on_delivery=delivered)
+        if n % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left or failures:
+        raise BenchError(f"produce: {left} records unsent, {len(failures)} failed "
+                         f"(first: {failures[:1]})")
+    return len(events) / (time.perf_counter() - started)
+
+
+def _end_offsets(conn: KafkaConnection, topic: str, partitions: int) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**conn.client_config(), "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1])
+                for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def _assigned_consumer(conn: KafkaConnection, topic: str, partitions: int) -> Any:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({**conn.client_config(), "group.id": f"bench-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024 * 1024,
+                         "max.partition.fetch.bytes": 16 * 1024 * 1024})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return consumer
+
+
+# -- (a) raw consume ------------------------------------------------------------------------
+
+
+def raw_consume(conn: KafkaConnection, topic: str, ends: dict[int, int],
+                timeout_s: float) -> float:
+    """Read the whole topic with one consumer; events/s."""
+    expected = sum(ends.values())
+    consumer = _assigned_consumer(conn, topic, len(ends))
+    try:
+        count = 0
+        started: float | None = None
+        deadline = time.monotonic() + timeout_s
+        while count < expected:
+            messages = consumer.consume(num_messages=10_000, timeout=0.5)
+            if started is None and messages:
+                started = time.perf_counter()
+            for message in messages:
+                if message.error() is None:
+                    count += 1
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw consume: {count}/{expected} in {timeout_s:g}s")
+        assert started is not None
+        return count / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+# -- (b) raw sink ---------------------------------------------------------------------------
+
+
+class _PartitionBuffer:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.next_offset = 0
+
+
+def raw_sink(conn: KafkaConnection, topic: str, ends: dict[int, int], *,
+             config: SnowflakeConfig, pipeline: PipelineConfig, batch_size: int,
+             timeout_s: float) -> tuple[float, int]:
+    """Consume -> decode -> validate -> rows -> SnowflakeWriter, one process; (events/s, rows)."""
+    codec = EventCodec()
+    writer = SnowflakeWriter(config, pipeline.sink)
+    writer.ensure_tables()
+    expected = sum(ends.values())
+    consumer = _assigned_consumer(conn, topic, len(ends))
+    buffers: dict[int, _PartitionBuffer] = defaultdict(_PartitionBuffer)
+    done = 0
+    rows_written = 0
+    started: float | None = None
+
+    def flush(partition: int, buffer: _PartitionBuffer) -> None:
+        nonlocal done, rows_written
+        batch = _sink_batch(codec, pipeline, topic, partition, buffer)
+        rows_written += writer.write(batch).rows_written
+        done += len(buffer.messages)
+        buffer.next_offset = batch.to_offset
+        buffer.messages = []
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while done < expected:
+            messages = consumer.consume(num_messages=batch_size, timeout=0.2)
+            if started is None and messages:
+                started = time.perf_counter()
+            for message in messages:
+                if message.error() is None:
+                    buffers[message.partition()].messages.append(message)
+            for partition, buffer in buffers.items():
+                if buffer.messages and (len(buffer.messages) >= batch_size
+                                        or buffer.messages[-1].offset() + 1 >= ends[partition]):
+                    flush(partition, buffer)
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw sink: {done}/{expected} in {timeout_s:g}s")
+        assert started is not None
+        return done / (time.perf_counter() - started), rows_written
+    finally:
+        consumer.close()
+        writer.close()
+
+
+def _sink_batch(codec: EventCodec, pipeline: PipelineConfig, topic: str, partition: int,
+                buffer: _PartitionBuffer) -> SinkBatch:
+    """What a partition consumer does with one batch (dead letters are only counted here)."""
+    decoded: list[tuple[Any, Event]] = []
+    for message in buffer.messages:
+        try:
+            decoded.append((message, codec.decode_json(message.value())))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    reasons = validate_batch([e for _, e in decoded], pipeline.rules, datetime.now(UTC))
+    rows: list[EventRow] = []
+    for (message, event), reason in zip(decoded, reasons, strict=True):
+        if reason is not None:
+            continue
+        headers = dict(message.headers() or [])
+        accepted = headers.get(HEADER_ACCEPTED_AT_MS)
+        request_id = headers.get(HEADER_REQUEST_ID)
+        rows.append(row_from_event(
+            event, topic=topic, partition=partition, offset=message.offset(),
+            request_id=request_id.decode() if request_id else None,
+            accepted_at_ms=int(accepted) if accepted else None))
+    return SinkBatch(topic=topic, partition=partition, from_offset=buffer.next_offset,
+                     to_offset=buffer.messages[-1].offset() + 1, rows_json=encode_rows(rows),
+                     row_count=len(rows))
+
+
+# -- (c) the pipeline -----------------------------------------------------------------------
+
+
+class PipelineResult(msgspec.Struct):
+    events_per_s: float
+    wall_s: float
+    dead_lettered: int
+    counted_events: int
+
+
+def _pipeline_config(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, topic: str,
+                     partitions: int, args: argparse.Namespace, tag: str) -> PipelineConfig:
+    base = PipelineConfig()
+    return msgspec.structs.replace(
+        base, kafka=kafka,
+        topics=msgspec.structs.replace(base.topics, events=topic, dead_letter=f"{topic}.dlq",
+                                       partitions=partitions),
+        snowflake=msgspec.structs.replace(snowflake, events_table=f"PIPE_{tag}",
+                                          offsets_table=f"PIPE_OFFSETS_{tag}"),
+        consumer=msgspec.structs.replace(base.consumer, group_id=f"bench-{tag.lower()}",
+                                         batch_max_events=args.batch_size, num_cpus=0.1),
+        sink=SinkConfig(pool_size=args.pool_size, num_cpus=0.1),
+        namespace=f"eventray-bench-{tag.lower()}",
+    )
+
+
+def _committed(config: PipelineConfig) -> tuple[dict[int, int], int]:
+    from cluster.supervisor import get_status
+
+    status = get_status(config)
+    if status is None:
+        raise BenchError("the pipeline supervisor is gone")
+    committed = {p.partition: p.committed_offset or 0 for p in status.partitions}
+    return committed, status.totals.dead_lettered
+
+
+def run_pipeline(config: PipelineConfig, ends: dict[int, int],
+                 timeout_s: float) -> PipelineResult:
+    """Start the pipeline on a filled topic; rate from all-actors-up to drained."""
+    from cluster.supervisor import start_pipeline
+
+    wall_start = time.perf_counter()
+    start_pipeline(config, ready_timeout_s=timeout_s)
+    t0 = time.perf_counter()
+    committed0, _ = _committed(config)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed, dead = _committed(config)
+        if all(committed.get(p, 0) >= end for p, end in ends.items()):
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"pipeline: committed {committed} of {ends} in {timeout_s:g}s")
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - t0
+    counted = sum(ends.values()) - sum(committed0.values())
+    return PipelineResult(events_per_s=counted / elapsed, wall_s=time.perf_counter() - wall_start,
+                          dead_lettered=dead, counted_events=counted)
+
+
+def _table_keys(config: SnowflakeConfig, table: str, topic: str) -> list[tuple[str, str]]:
+    import snowflake.connector
+
+    conn = snowflake.connector.connect(**config.connect_kwargs(), paramstyle="qmark")
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT ACCOUNT_ID, EVENT_ID FROM {table} WHERE KAFKA_TOPIC = ?",
+                       (topic,))
+        return [(str(a), str(e)) for a, e in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def _latencies_ms(config: SnowflakeConfig, table: str, topic: str,
+                  id_prefix: str) -> list[float]:
+    """Accept -> commit of the rows whose event id starts with ``id_prefix``, sorted."""
+    import snowflake.connector
+
+    conn = snowflake.connector.connect(**config.connect_kwargs(), paramstyle="qmark")
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT ACCEPTED_AT, WRITTEN_AT FROM {table} WHERE KAFKA_TOPIC = ? "
+                       "AND ACCEPTED_AT IS NOT NULL AND STARTSWITH(EVENT_ID, ?)",
+                       (topic, id_prefix))
+        return sorted((w - a).total_seconds() * 1000 for a, w in cursor.fetchall())
+    finally:
+        conn.close()
+
+
+# -- e2e: HTTP -> committed row -------------------------------------------------------------
+
+
+@contextmanager
+def _gateway(settings: Settings, kafka: KafkaConnection, topic: str,
+             partitions: int) -> Iterator[str]:
+    """The gateway under plain uvicorn in a subprocess; yields its base URL."""
+    from cluster.processes import free_port
+    from gateway.server import encode_config
+
+    gw_settings = settings.with_overrides({
+        "kafka.bootstrap_servers": kafka.bootstrap_servers, "topics.events": topic,
+        "topics.dead_letter": f"{topic}.dlq", "topics.partitions": partitions,
+        "gateway.port": free_port(), "gateway.host": "127.0.0.1"})
+    config = gw_settings.gateway_config()
+    path = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    process = subprocess.Popen([sys.executable, "-m", "gateway.server"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(encode_config(config))
+        process.stdin.close()
+        line = process.stdout.readline().decode().strip()
+        if not line.startswith("listening on "):
+            raise BenchError(f"gateway did not start: {line!r}")
+        yield line.removeprefix("listening on ")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _post_all(url: str, batches: list[list[Event]], concurrency: int) -> int:
+    """POST every batch (retrying 429/503 with the same body); the events accepted."""
+    import httpx
+
+    queue = list(reversed(batches))
+    lock = threading.Lock()
+    accepted = 0
+    errors: list[str] = []
+
+    def worker() -> None:
+        nonlocal accepted
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while True:
+                with lock:
+                    if not queue or errors:
+                        return
+                    batch = queue.pop()
+                body = msgspec.json.encode(batch)
+                for _ in range(100):
+                    response = client.post("/v1/events/batch", content=body,
+                                           headers={"content-type": "application/json"})
+                    if response.status_code == 202:
+                        with lock:
+                            accepted += len(batch)
+                        break
+                    if response.status_code not in (429, 503):
+                        errors.append(f"{response.status_code}: {response.text[:200]}")
+                        return
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError(f"the gateway refused a batch: {errors[0]}")
+    return accepted
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tag = uuid.uuid4().hex[:6].upper()
+    topic = f"bench-{tag.lower()}"
+    out: dict[str, Any] = {"raw_consume_events_per_s": None, "raw_sink_events_per_s": None,
+                           "pipeline_events_per_s": None, "ratio_vs_consume": None,
+                           "ratio_vs_sink": None, "e2e": None}
+    with _stack(settings, args) as (kafka, snowflake):
+        workload = generate(WorkloadSpec(events=args.events, batch_size=args.e2e_batch,
+                                         invalid_share=args.invalid_share, refused_share=0.0,
+                                         retry_share=0.0, run_id=f"b{tag}"))
+        events = [e for batch in workload.batches for e in batch]
+        _create_topic(kafka, topic, args.partitions)
+        produced = _produce(kafka, topic, events)
+        ends = _end_offsets(kafka, topic, args.partitions)
+        print(f"topic {topic}: {sum(ends.values())} events ({len(workload.invalid_ids)} invalid)"
+              f" produced at {produced:,.0f}/s")
+        config = _pipeline_config(kafka, snowflake, topic=topic, partitions=args.partitions,
+                                  args=args, tag=tag)
+
+        if "consume" not in args.skip:
+            out["raw_consume_events_per_s"] = raw_consume(kafka, topic, ends, args.timeout)
+            print(f"(a) raw consume      {out['raw_consume_events_per_s']:>12,.0f} events/s")
+        if "sink" not in args.skip:
+            raw_config = msgspec.structs.replace(snowflake, events_table=f"RAW_{tag}",
+                                                 offsets_table=f"RAW_OFFSETS_{tag}")
+            profiler = None
+            if args.profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            rate, raw_rows = raw_sink(kafka, topic, ends, config=raw_config, pipeline=config,
+                                      batch_size=args.batch_size, timeout_s=args.timeout)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
+            out["raw_sink_events_per_s"] = rate
+            print(f"(b) raw sink         {rate:>12,.0f} events/s ({raw_rows} rows)")
+
+        if "pipeline" not in args.skip or args.e2e:
+            ray.init(num_cpus=8, include_dashboard=False, namespace=config.namespace,
+                     log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(_REPO)}})
+            try:
+                _pipeline_phases(settings, args, kafka=kafka, config=config, workload=workload,
+                                 ends=ends, out=out)
+            finally:
+                from cluster.supervisor import stop_pipeline
+
+                stop_pipeline(config)
+                ray.shutdown()
+
+    _print_ratios(out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: KafkaConnection,
+                     config: PipelineConfig, workload: Any,
+                     ends: dict[int, int], out: dict[str, Any]) -> None:
+    topic = config.topics.events
+    table = config.snowflake.events_table
+    result = run_pipeline(config, ends, args.timeout)
+    out["pipeline_events_per_s"] = result.events_per_s
+    print(f"(c) pipeline         {result.events_per_s:>12,.0f} events/s "
+          f"({result.counted_events} events after all actors were up; wall {result.wall_s:.1f}s"
+          " with startup)")
+    keys = _table_keys(config.snowflake, table, topic)
+    distinct = set(keys)
+    out.update(accepted=sum(ends.values()), rows=len(keys), dead_lettered=result.dead_lettered,
+               lost=len(workload.valid_ids - distinct), duplicated=len(keys) - len(distinct),
+               invalid_in_table=len(workload.invalid_ids & distinct))
+    print(f"    rows={len(keys)} dead_lettered={result.dead_lettered} lost={out['lost']} "
+          f"duplicated={out['duplicated']} invalid_in_table={out['invalid_in_table']}")
+
+    if not args.e2e:
+        return
+    e2e = generate(WorkloadSpec(events=args.e2e_events, batch_size=args.e2e_batch,
+                                invalid_share=0.0, refused_share=0.0, retry_share=0.0,
+                                run_id=f"e{uuid.uuid4().hex[:6]}"))
+    with _gateway(settings, kafka, topic, config.topics.partitions) as url:
+        started = time.perf_counter()
+        accepted = _post_all(url, e2e.batches, args.e2e_concurrency)
+        posted_s = time.perf_counter() - started
+        new_ends = _end_offsets(kafka, topic, config.topics.partitions)
+        deadline = time.monotonic() + args.timeout
+        while True:
+            committed, _ = _committed(config)
+            if all(committed.get(p, 0) >= end for p, end in new_ends.items()):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"e2e: committed {committed} of {new_ends}")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    latencies = _latencies_ms(config.snowflake, table, topic, f"{e2e.run_id}-")
+    e2e_keys = set(_table_keys(config.snowflake, table, topic))
+    out["e2e"] = {"events_per_s": accepted / elapsed, "accept_events_per_s": accepted / posted_s,
+                  "p50_ms": _percentile(latencies, 0.5), "p99_ms": _percentile(latencies, 0.99),
+                  "lost": len(e2e.valid_ids - e2e_keys)}
+    print(f"e2e HTTP -> row      {out['e2e']['events_per_s']:>12,.0f} events/s "
+          f"(accepted {accepted} at {accepted / posted_s:,.0f}/s) p50={out['e2e']['p50_ms']}ms "
+          f"p99={out['e2e']['p99_ms']}ms lost={out['e2e']['lost']}")
+
+
+def _print_ratios(out: dict[str, Any]) -> None:
+    pipe = out["pipeline_events_per_s"]
+    if pipe is not None and out["raw_consume_events_per_s"]:
+        out["ratio_vs_consume"] = pipe / out["raw_consume_events_per_s"]
+        print(f"c/a = {out['ratio_vs_consume']:.3f}")
+    if pipe is not None and out["raw_sink_events_per_s"]:
+        out["ratio_vs_sink"] = pipe / out["raw_sink_events_per_s"]
+        verdict = "OK" if out["ratio_vs_sink"] >= TARGETS["ratio_vs_sink"] else "BELOW TARGET"
+        print(f"c/b = {out['ratio_vs_sink']:.3f} (target >= {TARGETS['ratio_vs_sink']}) "
+              f"{verdict}")
