@@ -26,6 +26,9 @@ TopicFactory = Callable[..., str]
 # external interface. Tests talk over loopback only: this makes every in-process ray.init and
 # ray.cluster_utils.Cluster node use 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# ray.init() writes RAY_AUTH_MODE=token into os.environ when it is unset, which then leaks into
+# every Ray started later in the session (the local head among them). Decide it once, here.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(scope="session")
