@@ -315,7 +315,7 @@ def test_reconnects_after_the_emulator_restarts(
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=8, include_dashboard=False, namespace=f"sink-{uuid.uuid4().hex[:6]}",
+    ray.init(address="local", num_cpus=8, include_dashboard=False, namespace=f"sink-{uuid.uuid4().hex[:6]}",
              log_to_driver=False)
     try:
         yield
@@ -333,18 +333,18 @@ def test_sink_actor_survives_a_kill_and_continues(
     assert ray.get(actor.write.remote(first)).committed_offset == 50
 
     ray.kill(actor, no_restart=False)
+    # ray.kill is asynchronous: a call may still reach the old process, and calls fail while
+    # the actor restarts. The restarted one has a new connection and no memory: the warehouse
+    # is the state.
     deadline = time.monotonic() + 60
-    while True:  # calls fail while the actor restarts; the restarted one answers again
+    while True:
         try:
-            ray.get(actor.ping.remote(), timeout=10)
+            assert ray.get(actor.committed_offset.remote(topic, 0), timeout=10) == 50
             break
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-    # The restarted actor has a new connection and no memory: the warehouse is the state.
-    assert ray.get(actor.committed_offset.remote(topic, 0)) == 50
     replay = ray.get(actor.write.remote(first))
     assert (replay.rows_written, replay.rows_skipped) == (0, 50)
     second = ray.get(actor.write.remote(make_batch(topic, 0, 50, 80)))
