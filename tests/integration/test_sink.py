@@ -315,7 +315,8 @@ def test_reconnects_after_the_emulator_restarts(
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False, namespace=f"sink-{uuid.uuid4().hex[:6]}",
+    ray.init(address="local", num_cpus=8, include_dashboard=False,
+             namespace=f"sink-{uuid.uuid4().hex[:6]}",
              log_to_driver=False)
     try:
         yield
