@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from actors.config import SnowflakeConfig
 from actors.exceptions import ConfigError
+from actors.rows import row_field_index
 
 # Unquoted Snowflake identifiers, optionally qualified (db.schema.table). We interpolate table
 # names into SQL, so anything else is refused; values are always bound.
@@ -90,20 +91,20 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
 )""",
         insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
 SELECT
-    value:event_id::string,
-    value:account_id::string,
-    value:event_type::string,
-    value:occurred_at::timestamp_tz,
-    value:schema_version::number,
-    value:body,
-    value:kafka_topic::string,
-    value:kafka_partition::number,
-    value:kafka_offset::number,
-    value:request_id::string,
-    TO_TIMESTAMP_TZ(value:accepted_at_ms::number, 3),
+    {_v("event_id")}::string,
+    {_v("account_id")}::string,
+    {_v("event_type")}::string,
+    {_v("occurred_at")}::timestamp_tz,
+    {_v("schema_version")}::number,
+    {_v("body")},
+    {_v("kafka_topic")}::string,
+    {_v("kafka_partition")}::number,
+    {_v("kafka_offset")}::number,
+    {_v("request_id")}::string,
+    TO_TIMESTAMP_TZ({_v("accepted_at_ms")}::number, 3),
     CURRENT_TIMESTAMP()
 FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
-WHERE value:kafka_offset::number >= ?""",
+WHERE {_v("kafka_offset")}::number >= ?""",
         insert_offset=(
             f'INSERT INTO {offsets} (TOPIC, "PARTITION", NEXT_OFFSET, WRITTEN_AT) '
             "SELECT ?, ?, ?, CURRENT_TIMESTAMP()"
@@ -120,6 +121,11 @@ WHERE value:kafka_offset::number >= ?""",
         count_rows=f"SELECT COUNT(*) FROM {events}",
         count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",
     )
+
+
+def _v(field: str) -> str:
+    """The flattened row's element holding ``field`` (rows are JSON arrays, see EventRow)."""
+    return f"value[{row_field_index(field)}]"
 
 
 def _identifier(key: str, name: str) -> str:

@@ -30,6 +30,7 @@ from actors.contract import (
 )
 from actors.dead_letter import Recovered, dead_letter_headers, source_offset_of
 from actors.exceptions import EventrayError
+from actors.rows import row_field_index
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -67,7 +68,8 @@ def plan(records: list[SourceRecord], *, next_from: int | None = 0,
 
 
 def written_offsets(rows_json: bytes) -> list[int]:
-    return [row["kafka_offset"] for row in msgspec.json.decode(rows_json)]
+    offset = row_field_index("kafka_offset")
+    return [row[offset] for row in msgspec.json.decode(rows_json, type=list[list[object]])]
 
 
 def test_names_and_routing() -> None:
@@ -134,9 +136,9 @@ def test_plan_splits_valid_invalid_contract_and_duplicates() -> None:
     assert reasons[12].startswith("contract: $")
     assert reasons[14].startswith("unknown_country")
     assert result.rejected == {"unknown_currency": 1, "contract": 2, "unknown_country": 1}
-    row = msgspec.json.decode(result.batch.rows_json)[0]
-    assert (row["kafka_topic"], row["kafka_partition"], row["request_id"]) == ("events", 3,
-                                                                                "req-1")
+    row = msgspec.json.decode(result.batch.rows_json, type=list[list[object]])[0]
+    lineage = [row[row_field_index(f)] for f in ("kafka_topic", "kafka_partition", "request_id")]
+    assert lineage == ["events", 3, "req-1"]
 
 
 def test_plan_drops_events_written_before_and_remembers_new_ones() -> None:

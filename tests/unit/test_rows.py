@@ -16,13 +16,20 @@ from actors.contract import (
     PaymentRefunded,
     RefundBody,
 )
-from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows, row_from_event
+from actors.rows import (
+    EventRow,
+    FlushResult,
+    SinkBatch,
+    encode_rows,
+    row_field_index,
+    row_from_event,
+)
 
 WHEN = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-class RowRecord(msgspec.Struct, forbid_unknown_fields=True):
-    """What a reader of the JSON array sees (the body as a plain object)."""
+class RowRecord(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """What a reader of the JSON array sees: positional fields, the body as a plain object."""
 
     event_id: str
     account_id: str
@@ -80,15 +87,16 @@ def test_encode_rows_is_one_json_array_that_round_trips() -> None:
         assert record.accepted_at_ms == row.accepted_at_ms
         assert record.body == msgspec.to_builtins(row.body)
     # A null optional is written as JSON null (the warehouse casts it to NULL).
-    assert records[1].request_id is None and b'"request_id":null' in data
+    assert records[1].request_id is None
+    assert msgspec.json.decode(data)[1][row_field_index("request_id")] is None
 
 
 def test_body_is_written_as_an_object_not_a_string() -> None:
     row = row_from_event(payment(), topic="t", partition=0, offset=0, request_id=None,
                          accepted_at_ms=None)
     (decoded,) = msgspec.json.decode(encode_rows([row]))
-    assert decoded["body"] == {"amount_minor": 1251, "currency": "EUR", "merchant_id": "m-1",
-                               "description": "coffee"}
+    assert decoded[row_field_index("body")] == {
+        "amount_minor": 1251, "currency": "EUR", "merchant_id": "m-1", "description": "coffee"}
 
 
 def test_non_utc_timestamps_keep_their_instant() -> None:
