@@ -42,6 +42,7 @@ from actors.contract import (
     PaymentCaptured,
 )
 from actors.exceptions import EventrayError
+from cluster.local_ray import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from gateway.config import GatewayConfig, ServeConfig
 from gateway.producer import producer_config
@@ -308,6 +309,7 @@ def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Phas
     env = serve_env(config.serve, isolate=True)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
+    use_loopback_for_in_process_ray()
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              namespace=f"bench-{uuid.uuid4().hex[:6]}",
              runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})

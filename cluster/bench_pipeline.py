@@ -52,6 +52,7 @@ from actors.exceptions import EventrayError
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeWriter
 from actors.validation import validate_batch
+from cluster.local_ray import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from cluster.workload import WorkloadSpec, generate
 
@@ -514,7 +515,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"(b) raw sink         {rate:>12,.0f} events/s ({raw_rows} rows)")
 
         if "pipeline" not in args.skip or args.e2e:
-            ray.init(num_cpus=8, include_dashboard=False, namespace=config.namespace,
+            use_loopback_for_in_process_ray()
+            ray.init(address="local", num_cpus=8, include_dashboard=False,
+                     namespace=config.namespace,
                      log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": str(_REPO)}})
             try:

@@ -175,3 +175,11 @@ def dashboard_answers(url: str) -> bool:
         if client.get("/api/version").status_code != 200:
             return False
         return client.get("/api/jobs/").status_code == 200
+
+
+def use_loopback_for_in_process_ray() -> None:
+    """For an in-process ``ray.init(address="local")`` (benchmarks): advertise 127.0.0.1 rather
+    than the machine's external address, and keep Ray's token auth off for that private
+    instance (``ray.init`` would otherwise turn it on in ``os.environ`` for later Rays)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
