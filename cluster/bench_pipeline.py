@@ -39,7 +39,13 @@ from typing import Any
 
 import msgspec
 
-from actors.config import KafkaConnection, PipelineConfig, SinkConfig, SnowflakeConfig
+from actors.config import (
+    ConsumerConfig,
+    KafkaConnection,
+    PipelineConfig,
+    SinkConfig,
+    SnowflakeConfig,
+)
 from actors.contract import (
     HEADER_ACCEPTED_AT_MS,
     HEADER_CONTENT_TYPE,
@@ -73,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events in the topic")
     parser.add_argument("--invalid-share", type=float, default=0.05)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=5000,
+    parser.add_argument("--batch-size", type=int, default=ConsumerConfig().batch_max_events,
                         help="events per warehouse batch (raw sink and pipeline)")
-    parser.add_argument("--pool-size", type=int, default=2, help="pipeline sink actors")
+    parser.add_argument("--pool-size", type=int, default=SinkConfig().pool_size,
+                        help="pipeline sink actors")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
     parser.add_argument("--skip", choices=["consume", "sink", "pipeline"], action="append",
                         default=[])

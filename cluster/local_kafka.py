@@ -18,6 +18,7 @@ from pathlib import Path
 from actors.config import KafkaConnection
 from cluster.kafka_dist import LOG4J2_CONFIG, classpath, ensure_kafka
 from cluster.processes import (
+    LocalService,
     ServiceProcess,
     ServiceStartError,
     free_port,
@@ -39,8 +40,10 @@ def _cluster_id() -> str:
             return text
 
 
-class LocalKafka:
+class LocalKafka(LocalService):
     """A single-node KRaft broker whose data lives in ``data_dir``."""
+
+    LOG_NAME = "kafka.log"
 
     def __init__(self, data_dir: Path, port: int = 0, controller_port: int = 0, *,
                  version: str, cache_dir: Path, heap: str = "512m",
@@ -70,18 +73,6 @@ class LocalKafka:
         return f"{HOST}:{self._port}"
 
     @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-    @property
-    def process(self) -> ServiceProcess | None:
-        return self._process
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / "kafka.log"
-
-    @property
     def metadata_dir(self) -> Path:
         return self.data_dir / "logs"
 
@@ -89,9 +80,6 @@ class LocalKafka:
         return KafkaConnection(bootstrap_servers=self.bootstrap_servers)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.is_alive()
 
     def start(self, timeout: float = 60.0) -> None:
         """Format on first use, launch the broker, wait until a metadata request succeeds."""
@@ -118,16 +106,6 @@ class LocalKafka:
             ) from None
         log.info("kafka ready bootstrap=%s pid=%s data=%s", self.bootstrap_servers, self.pid,
                  self.data_dir)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (a controlled shutdown), SIGKILL after ``timeout``."""
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown: what a crash looks like (for fault tests)."""
-        if self._process is not None:
-            self._process.kill()
 
     def restart(self, timeout: float = 60.0) -> None:
         """Stop if running, then start again on the same data dir and ports."""

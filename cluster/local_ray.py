@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cluster.processes import (
+    LocalService,
     ServiceProcess,
     ServiceStartError,
     free_port,
@@ -54,8 +55,10 @@ def ray_cli() -> list[str]:
     return [sys.executable, str(script)]
 
 
-class LocalRay:
+class LocalRay(LocalService):
     """``ray start --head --block`` on 127.0.0.1."""
+
+    LOG_NAME = "ray.log"
 
     def __init__(self, *, gcs_port: int = 0, dashboard_port: int = 8265,
                  dashboard_host: str = HOST, object_store_bytes: int = 1_000_000_000,
@@ -88,21 +91,6 @@ class LocalRay:
     def dashboard_url(self) -> str:
         host = HOST if self.dashboard_host in ("0.0.0.0", "") else self.dashboard_host  # noqa: S104
         return f"http://{host}:{self._dashboard_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-    @property
-    def process(self) -> ServiceProcess | None:
-        return self._process
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / "ray.log"
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.is_alive()
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the head; return once the dashboard and its job server answer."""
@@ -140,14 +128,6 @@ class LocalRay:
                                     f"{self._dashboard_port}): {exc}") from None
         log.info("ray head ready address=%s dashboard=%s pid=%s", self.address,
                  self.dashboard_url, self.pid)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
 
     def _dashboard_ok(self) -> bool:
         return dashboard_answers(self.dashboard_url)

@@ -22,6 +22,7 @@ from typing import Any
 
 from actors.config import SnowflakeConfig
 from cluster.processes import (
+    LocalService,
     ServiceProcess,
     ServiceStartError,
     free_port,
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 
 
-class LocalSnowflake:
+class LocalSnowflake(LocalService):
     """A fakesnow server whose databases live in ``data_dir``."""
+
+    LOG_NAME = "snowflake.log"
 
     def __init__(self, data_dir: Path, port: int = 0, *, log_dir: Path | None = None) -> None:
         self.data_dir = data_dir.resolve()
@@ -51,25 +54,10 @@ class LocalSnowflake:
     def address(self) -> str:
         return f"http://{HOST}:{self._port}"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-    @property
-    def process(self) -> ServiceProcess | None:
-        return self._process
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / "snowflake.log"
-
     def snowflake_config(self, database: str = "EVENTRAY",
                          schema: str = "PUBLIC") -> SnowflakeConfig:
         """A ``SnowflakeConfig`` pointing at this emulator."""
         return emulator_config(HOST, self._port, database=database, schema=schema)
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.is_alive()
 
     def start(self, timeout: float = 60.0) -> None:
         """Launch the server; return once a real connector login and ``SELECT 1`` work."""
@@ -94,14 +82,6 @@ class LocalSnowflake:
             raise ServiceStartError(f"snowflake emulator on port {self._port}: {exc}") from None
         log.info("snowflake emulator ready address=%s pid=%s data=%s", self.address, self.pid,
                  self.data_dir)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
 
     def restart(self, timeout: float = 60.0) -> None:
         self.stop()

@@ -279,3 +279,36 @@ class ServiceProcess:
 
 def _pid_exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and read_cmdline(pid) is not None
+
+
+class LocalService:
+    """What every local service (broker, emulator, Ray head) shares: its process and log."""
+
+    LOG_NAME = "service.log"
+    log_dir: Path
+    _process: ServiceProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def process(self) -> ServiceProcess | None:
+        return self._process
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / self.LOG_NAME
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown), SIGKILL after ``timeout``."""
+        if self._process is not None:
+            self._process.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown: what a crash looks like (for fault tests)."""
+        if self._process is not None:
+            self._process.kill()
