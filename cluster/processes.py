@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,12 +38,24 @@ class ServiceStopError(EventrayError):
     """A local service (or part of its process group) survived SIGKILL."""
 
 
+# Below Linux's ephemeral range (32768-60999), where outgoing connections take their local
+# ports: a port picked there can be taken by a client socket before our server binds it
+# (seen: the Ray head's GCS port lost to a readiness probe's connection). Above Ray's worker
+# port range (10002-19999).
+_FREE_PORT_RANGE = (20000, 32767)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port nothing is bound to right now, outside the ephemeral range."""
+    rng = random.Random()  # noqa: S311 - spreading ports, not secrets
+    for _ in range(200):
+        port = rng.randint(*_FREE_PORT_RANGE)
+        if not port_in_use(port, host):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the OS pick
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
-from test_pipeline import (
+from pipeline_helpers import (
     assert_exactly_once,
     landed,
     pipeline_settings,
@@ -25,6 +24,7 @@ from test_pipeline import (
     wait_until_drained,
     workload,
 )
+from ray.cluster_utils import Cluster
 
 from actors.config import KafkaConnection, SnowflakeConfig
 from cluster.settings import Settings

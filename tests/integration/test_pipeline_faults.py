@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import ray
 from confluent_kafka import KafkaException
-from test_pipeline import (
+from pipeline_helpers import (
     assert_exactly_once,
     landed,
     pipeline_settings,
