@@ -7,8 +7,6 @@ starts (``eventray up`` and the KubeRay manifest set them); this command cannot 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 
 from cluster.settings import Settings
@@ -25,16 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
+    from cluster.stack import stack_settings
     from gateway.serve_app import deploy
 
     if args.local:
-        if importlib.util.find_spec("cluster.stack") is None:
-            log.warning("cluster.stack is not available; using the settings as given")
-        else:
-            settings = importlib.import_module("cluster.stack").stack_settings(settings)
-    address = args.address or settings.ray.address
-    ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False,
-             logging_level=logging.WARNING)
+        settings = stack_settings(settings)
+    if args.address:
+        settings = settings.with_overrides({"ray.address": args.address})
+    settings.connect_ray(log_to_driver=False, logging_level=logging.WARNING)
     try:
         url = deploy(settings.gateway_config())
     finally:

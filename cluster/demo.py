@@ -62,8 +62,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.serve_app import deploy
 
     settings = ensure_up(settings)
-    ray.init(address=settings.ray.address, namespace=settings.ray.namespace,
-             log_to_driver=False, logging_level=logging.WARNING)
+    settings.connect_ray(log_to_driver=False, logging_level=logging.WARNING)
     try:
         ensure_topics(settings.kafka, settings.topics)
         _say("deploying the gateway on Ray Serve")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(args.config)
     config = settings.pipeline_config()
-    ray.init(address=settings.ray.address, namespace=settings.ray.namespace)
+    settings.connect_ray()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

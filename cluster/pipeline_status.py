@@ -51,8 +51,7 @@ def report(settings: Settings) -> str:
 
     connected_here = not ray.is_initialized()
     if connected_here:
-        ray.init(address=settings.ray.address, namespace=settings.ray.namespace,
-                 logging_level=logging.WARNING, log_to_driver=False)
+        settings.connect_ray(logging_level=logging.WARNING, log_to_driver=False)
     try:
         status = get_status(settings.pipeline_config())
     finally:

@@ -123,7 +123,12 @@ def read_cmdline(pid: int) -> list[str] | None:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is ``pgid``."""
+    """Live (non-zombie) pids whose process group or session is ``pgid``.
+
+    Services start as session leaders (pid == pgid == sid). Some of their descendants move to
+    a process group of their own but stay in the session -- Ray Serve's HAProxy does -- so the
+    session is what holds everything a service started.
+    """
     members: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -132,9 +137,9 @@ def group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
+        # pid (comm) state ppid pgrp session ...; comm may contain spaces and parentheses.
         fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+        if len(fields) > 3 and fields[0] != "Z" and pgid in (int(fields[2]), int(fields[3])):
             members.append(int(entry.name))
     return members
 
@@ -274,6 +279,9 @@ class ServiceProcess:
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
+        for member in group_members(self.pid):  # session members in groups of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, sig)
 
     def _wait_group_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -43,6 +43,9 @@ class RayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     address: str = "auto"
     namespace: str = "eventray"
+    # The address this driver's node is known by; set to 127.0.0.1 for the local stack
+    # (None: Ray picks the address it routes to other nodes with).
+    node_ip_address: str | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8265
     object_store_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1_000_000_000
@@ -108,6 +111,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             consumer=p.consumer, sink=p.sink, rules=p.rules, namespace=self.ray.namespace,
             reconcile_interval_s=p.reconcile_interval_s,
         )
+
+    def connect_ray(self, **kwargs: Any) -> Any:
+        """``ray.init`` against the configured cluster, in the configured namespace."""
+        import ray
+
+        options: dict[str, Any] = {"address": self.ray.address, "namespace": self.ray.namespace}
+        if self.ray.node_ip_address is not None:
+            options["_node_ip_address"] = self.ray.node_ip_address
+            if self.ray.node_ip_address.startswith("127."):
+                # Ray otherwise rewrites a loopback GCS address to the machine's external one.
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        return ray.init(**options, **kwargs)
 
     def state_path(self) -> Path:
         return Path(self.local.state_dir).expanduser().resolve()
