@@ -207,15 +207,7 @@ def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
     (or the start of the log) and return what was dead-lettered (see ``Recovered``)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    conf = conn.client_config()
-    conf.update({
-        "group.id": f"eventray-dlq-recovery-{dlq_topic}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    })
-    consumer = Consumer(conf)
+    consumer = Consumer(_recovery_consumer_config(conn, dlq_topic))
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, partition),
                                                    timeout=_KAFKA_TIMEOUT_S)
@@ -299,15 +291,7 @@ def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    conf = conn.client_config()
-    conf.update({
-        "group.id": f"eventray-dlq-recovery-{dlq_topic}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    })
-    consumer = Consumer(conf)
+    consumer = Consumer(_recovery_consumer_config(conn, dlq_topic))
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, partition),
                                                    timeout=_KAFKA_TIMEOUT_S)
@@ -332,3 +316,16 @@ def _kafka_error(message: str, exc: Any) -> KafkaDeliveryError:
         return KafkaDeliveryError(f"{message}: {exc}")
     return KafkaDeliveryError(f"{message}: {err.str()}", code=err.code(),
                               retriable=err.retriable())
+
+
+def _recovery_consumer_config(conn: KafkaConnection, dlq_topic: str) -> dict[str, Any]:
+    """A consumer that sees only committed dead letters (aborted transactions are skipped)."""
+    conf = conn.client_config()
+    conf.update({
+        "group.id": f"eventray-dlq-recovery-{dlq_topic}",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    })
+    return conf
