@@ -44,6 +44,7 @@ from actors.dead_letter import (
     NOTHING_RECOVERED,
     DeadLetter,
     DeadLetterProducer,
+    RecordHeaders,
     Recovered,
     event_key,
     read_recent_keys,
@@ -78,13 +79,15 @@ def sink_index(partition: int, pool_size: int) -> int:
 # --------------------------------------------------------------------------- pure parts
 
 
-class SourceRecord(msgspec.Struct, frozen=True):
-    """One Kafka record of the source partition, with the gateway's headers parsed."""
+class SourceRecord(msgspec.Struct, frozen=True, gc=False):
+    """One Kafka record of the source partition, with the gateway's headers parsed.
+
+    Not tracked by the cyclic GC (no cycles possible; see ``actors.contract._Strict``)."""
 
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = []
+    headers: RecordHeaders = ()
     request_id: str | None = None
     accepted_at_ms: int | None = None
 
@@ -95,7 +98,7 @@ class SourceRecord(msgspec.Struct, frozen=True):
 
 def record_from_message(msg: Any) -> SourceRecord:
     """A ``SourceRecord`` from a confluent-kafka ``Message``."""
-    headers = [(k, v) for k, v in (msg.headers() or ()) if v is not None]
+    headers = tuple((k, v) for k, v in (msg.headers() or ()) if v is not None)
     request_id: str | None = None
     accepted: int | None = None
     for key, value in headers:
@@ -363,6 +366,7 @@ class PartitionConsumer:
         self._last_error: str | None = None
         self._running = False
         self._metrics: Any = None
+        self._sink_handle: Any = None
         self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
                                         daemon=True)
         self._thread.start()
@@ -415,9 +419,12 @@ class PartitionConsumer:
             self._running = False
 
     def _sink(self) -> Any:
+        """The sink's handle, looked up once (a GCS round trip) and again after a failure."""
         import ray
 
-        return ray.get_actor(self._sink_name, namespace=self._config.namespace)
+        if self._sink_handle is None:
+            self._sink_handle = ray.get_actor(self._sink_name, namespace=self._config.namespace)
+        return self._sink_handle
 
     def _call_sink(self, call: Callable[[Any], Any]) -> Any:
         """``ray.get(call(sink))``, retried while the sink is dead, restarting or recreated."""
@@ -434,6 +441,7 @@ class PartitionConsumer:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     def _note_retry(self, exc: BaseException, backoff: float) -> None:
+        self._sink_handle = None  # the supervisor may have replaced the actor: look it up again
         with self._lock:
             self._last_error = f"{type(exc).__name__}: {exc}"
         log.warning("sink unavailable name=%s sink=%s retry_in=%.1fs: %s",

@@ -42,8 +42,13 @@ HEADER_DLQ_SOURCE_PARTITION: Final = "eventray-dlq-source-partition"
 HEADER_DLQ_SOURCE_OFFSET: Final = "eventray-dlq-source-offset"
 
 
-class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Options shared by every contract Struct."""
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
+    """Options shared by every contract Struct.
+
+    ``gc=False``: events hold only scalars and other contract Structs, so they can never be
+    part of a reference cycle; untracked, the millions a consumer decodes do not drive the
+    cyclic GC (measured: with them tracked, GC took over half of a consumer's CPU).
+    """
 
 
 class PaymentBody(_Strict, frozen=True):

@@ -35,20 +35,22 @@ from actors.exceptions import KafkaDeliveryError
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# Headers as carried on a record: a tuple, which the cyclic GC stops tracking (a list it does not).
+RecordHeaders = tuple[tuple[str, bytes], ...]
 
 _RECOVERY_SPAN: Final = 1024  # DLQ records read back first; multiplied while not far enough
 _RECOVERY_TIMEOUT_S: Final = 60.0
 _KAFKA_TIMEOUT_S: Final = 30.0
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     """One invalid record, with why it was refused."""
 
     source_offset: int
     key: bytes | None
     value: bytes
     reason: str
-    headers: Headers = []  # the source record's headers, carried over
+    headers: RecordHeaders = ()  # the source record's headers, carried over
 
 
 class Recovered(msgspec.Struct, frozen=True):

@@ -21,7 +21,7 @@ Body = PaymentBody | RefundBody | AccountBody
 EMPTY_ROWS: Final = b"[]"
 
 
-class EventRow(msgspec.Struct, frozen=True, array_like=True):
+class EventRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One events-table row. ``body`` is stored as a VARIANT, encoded as the typed Struct.
 
     Encoded as a JSON array in field order, not an object: the warehouse reads fields by

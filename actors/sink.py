@@ -34,6 +34,7 @@ from snowflake.connector import errors as sf_errors
 
 from actors.config import SinkConfig, SnowflakeConfig
 from actors.exceptions import OffsetGapError, SinkError
+from actors.request_compression import set_request_compression
 from actors.rows import FlushResult, SinkBatch
 from actors.warehouse import WarehouseSql, warehouse_sql
 
@@ -148,6 +149,7 @@ class SnowflakeWriter:
 
     def _connection(self) -> Any:
         if self._conn is None:
+            set_request_compression(self._sink.request_compression_level)
             self._conn = snowflake.connector.connect(
                 **self._config.connect_kwargs(), paramstyle="qmark", autocommit=True,
                 network_timeout=_NETWORK_TIMEOUT_S,

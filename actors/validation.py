@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -85,7 +86,33 @@ def check_event(event: Event, rules: ValidationRules, now: datetime) -> str | No
 
     ``now`` must be timezone-aware (the contract makes ``occurred_at`` aware too).
     """
-    reason = _check_time(event.occurred_at, rules, now)
+    return _check(event, rules, _TimeWindow.around(now, rules))
+
+
+def validate_batch(
+    events: Sequence[Event], rules: ValidationRules, now: datetime
+) -> list[str | None]:
+    """``check_event`` for each event, in order; one ``now`` for the whole batch."""
+    window = _TimeWindow.around(now, rules)  # once per batch: timedelta math is ~2 µs/event
+    return [_check(event, rules, window) for event in events]
+
+
+@dataclass(frozen=True, slots=True)
+class _TimeWindow:
+    """The accepted ``occurred_at`` range for one ``now``."""
+
+    now: datetime
+    earliest: datetime
+    latest: datetime
+
+    @classmethod
+    def around(cls, now: datetime, rules: ValidationRules) -> _TimeWindow:
+        return cls(now=now, earliest=now - timedelta(days=rules.max_past_age_days),
+                   latest=now + timedelta(seconds=rules.max_future_skew_s))
+
+
+def _check(event: Event, rules: ValidationRules, window: _TimeWindow) -> str | None:
+    reason = _check_time(event.occurred_at, rules, window)
     if reason is not None:
         return reason
     if isinstance(event, PaymentCaptured):
@@ -97,19 +124,13 @@ def check_event(event: Event, rules: ValidationRules, now: datetime) -> str | No
     raise TypeError(f"not a contract event: {type(event).__name__}")  # pragma: no cover
 
 
-def validate_batch(
-    events: Sequence[Event], rules: ValidationRules, now: datetime
-) -> list[str | None]:
-    """``check_event`` for each event, in order; one ``now`` for the whole batch."""
-    return [check_event(event, rules, now) for event in events]
-
-
-def _check_time(occurred_at: datetime, rules: ValidationRules, now: datetime) -> str | None:
-    if occurred_at > now + timedelta(seconds=rules.max_future_skew_s):
-        ahead = (occurred_at - now).total_seconds()
+def _check_time(occurred_at: datetime, rules: ValidationRules,
+                window: _TimeWindow) -> str | None:
+    if occurred_at > window.latest:
+        ahead = (occurred_at - window.now).total_seconds()
         return (f"{OCCURRED_IN_FUTURE}: {occurred_at.isoformat()} is {ahead:.0f}s ahead "
                 f"(max {rules.max_future_skew_s:.0f}s)")
-    if occurred_at < now - timedelta(days=rules.max_past_age_days):
+    if occurred_at < window.earliest:
         return (f"{OCCURRED_TOO_OLD}: {occurred_at.isoformat()} is older than "
                 f"{rules.max_past_age_days} days")
     return None

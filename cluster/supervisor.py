@@ -137,27 +137,31 @@ class Supervisor:
         return self._partitions
 
     def ready(self) -> bool:
-        """True when every consumer and sink answers a ping."""
+        """True when every sink answers a ping and every consumer's session runs (it has read
+        its committed offset and dedup window and is consuming), not merely exists."""
         import ray
 
-        names = [sink_name(i) for i in range(self._config.sink.pool_size)]
-        names += [consumer_name(self._config.topics.events, p) for p in range(self._partitions)]
         if self._partitions == 0:
             return False
+        sinks = [sink_name(i) for i in range(self._config.sink.pool_size)]
+        consumers = [consumer_name(self._config.topics.events, p)
+                     for p in range(self._partitions)]
         refs: list[Any] = []
-        for name in names:
-            try:
-                refs.append(ray.get_actor(name, namespace=self._config.namespace).ping.remote())
-            except ValueError:
-                return False
+        try:
+            refs += [ray.get_actor(name, namespace=self._config.namespace).ping.remote()
+                     for name in sinks]
+            refs += [ray.get_actor(name, namespace=self._config.namespace).status.remote()
+                     for name in consumers]
+        except ValueError:  # not created yet
+            return False
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=_STATUS_TIMEOUT_S)
         if len(done) < len(refs):
             return False
         try:
-            ray.get(done)
+            answers = ray.get(refs)
         except ray.exceptions.RayError:
             return False
-        return True
+        return all(status.running for status in answers[len(sinks):])
 
     def status(self) -> PipelineStatus:
         from actors.kafka_admin import end_offsets

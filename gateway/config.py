@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -47,6 +47,10 @@ class ServeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # HAProxy ingress and throughput-optimized mode (measured: ~20x the default proxy).
     haproxy: bool = True
     throughput_optimized: bool = True
+    # Serve writes one access-log line per request in the replica (measurable at thousands of
+    # requests/s); the gateway's own /metrics count requests by status instead.
+    access_log: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

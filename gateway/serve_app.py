@@ -103,6 +103,7 @@ def deployment_options(serve: ServeConfig) -> dict[str, Any]:
         "name": "gateway",
         "max_ongoing_requests": serve.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": serve.replica_num_cpus},
+        "logging_config": {"enable_access_log": serve.access_log, "log_level": serve.log_level},
     }
     if serve.autoscaling:
         options["autoscaling_config"] = {
