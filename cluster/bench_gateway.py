@@ -160,14 +160,14 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
                 payload = requests[n % len(requests)]
                 n += spec.concurrency
                 started = time.perf_counter()
-                writer.write(payload)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = head[9:12].decode()
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
+                try:
+                    status = await _exchange(reader, writer, payload)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # The server may close a keep-alive connection (HAProxy does on a reload,
+                    # e.g. when a replica joins): count it and reconnect, as an HTTP client does.
+                    status = "closed"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
                 if measuring[0]:
                     if status == "202":
                         latencies.append(time.perf_counter() - started)
@@ -192,6 +192,19 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
 
     return PhaseResult(len(latencies), len(latencies) * per_request, errors, elapsed,
                        pct(0.50), pct(0.99))
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    payload: bytes) -> str:
+    """Send one request on a keep-alive connection; read the whole response; its status."""
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return head[9:12].decode()
 
 
 def run_load(spec: LoadSpec) -> PhaseResult:
