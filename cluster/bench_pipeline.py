@@ -58,6 +58,8 @@ from actors.exceptions import EventrayError
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeWriter
 from actors.validation import validate_batch
+from cluster.cpu_usage import CpuReport, usage_between
+from cluster.cpu_usage import snapshot as cpu_snapshot
 from cluster.local_ray import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from cluster.workload import WorkloadSpec, generate
@@ -315,6 +317,7 @@ class PipelineResult(msgspec.Struct):
     wall_s: float
     dead_lettered: int
     counted_events: int
+    cpu: CpuReport
 
 
 def _pipeline_config(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, topic: str,
@@ -351,6 +354,7 @@ def run_pipeline(config: PipelineConfig, ends: dict[int, int],
     wall_start = time.perf_counter()
     start_pipeline(config, ready_timeout_s=timeout_s)
     t0 = time.perf_counter()
+    cpu_before = cpu_snapshot(t0)
     committed0, _ = _committed(config)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -360,10 +364,12 @@ def run_pipeline(config: PipelineConfig, ends: dict[int, int],
         if time.monotonic() > deadline:
             raise BenchError(f"pipeline: committed {committed} of {ends} in {timeout_s:g}s")
         time.sleep(0.1)
-    elapsed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    cpu = usage_between(cpu_before, cpu_snapshot(t1))
     counted = sum(ends.values()) - sum(committed0.values())
-    return PipelineResult(events_per_s=counted / elapsed, wall_s=time.perf_counter() - wall_start,
-                          dead_lettered=dead, counted_events=counted)
+    return PipelineResult(events_per_s=counted / (t1 - t0),
+                          wall_s=time.perf_counter() - wall_start, dead_lettered=dead,
+                          counted_events=counted, cpu=cpu)
 
 
 def _table_keys(config: SnowflakeConfig, table: str, topic: str) -> list[tuple[str, str]]:
@@ -552,6 +558,7 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
     print(f"(c) pipeline         {result.events_per_s:>12,.0f} events/s "
           f"({result.counted_events} events after all actors were up; wall {result.wall_s:.1f}s"
           " with startup)")
+    print("\n".join(result.cpu.lines(result.counted_events)))
     keys = _table_keys(config.snowflake, table, topic)
     distinct = set(keys)
     out.update(accepted=sum(ends.values()), rows=len(keys), dead_lettered=result.dead_lettered,
@@ -567,6 +574,7 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
                                 run_id=f"e{uuid.uuid4().hex[:6]}"))
     with _gateway(settings, kafka, topic, config.topics.partitions) as url:
         started = time.perf_counter()
+        cpu_before = cpu_snapshot(started)
         accepted = _post_all(url, e2e.batches, args.e2e_concurrency)
         posted_s = time.perf_counter() - started
         new_ends = _end_offsets(kafka, topic, config.topics.partitions)
@@ -578,7 +586,9 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
             if time.monotonic() > deadline:
                 raise BenchError(f"e2e: committed {committed} of {new_ends}")
             time.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        finished = time.perf_counter()
+        cpu = usage_between(cpu_before, cpu_snapshot(finished))  # while the gateway still runs
+        elapsed = finished - started
     latencies = _latencies_ms(config.snowflake, table, topic, f"{e2e.run_id}-")
     e2e_keys = set(_table_keys(config.snowflake, table, topic))
     out["e2e"] = {"events_per_s": accepted / elapsed, "accept_events_per_s": accepted / posted_s,
@@ -587,6 +597,7 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
     print(f"e2e HTTP -> row      {out['e2e']['events_per_s']:>12,.0f} events/s "
           f"(accepted {accepted} at {accepted / posted_s:,.0f}/s) p50={out['e2e']['p50_ms']}ms "
           f"p99={out['e2e']['p99_ms']}ms lost={out['e2e']['lost']}")
+    print("\n".join(cpu.lines(accepted)))
 
 
 def _print_ratios(out: dict[str, Any]) -> None:
