@@ -138,6 +138,9 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # gzip level of the connector's request bodies (it ships with 9; see
     # actors.request_compression): 1 is ~8x cheaper in CPU for ~35% more bytes on the wire.
     request_compression_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 1
+    # Every N successful writes of a partition, delete its offset rows below the offset just
+    # committed (the offsets table is append-only: one row per batch); 0 never prunes.
+    prune_offsets_every: Annotated[int, msgspec.Meta(ge=0)] = 100
 
 
 class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

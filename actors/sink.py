@@ -16,6 +16,11 @@ after a lost connection (or a COMMIT whose outcome is unknown) is safe. Rows and
 together or not at all, so the consumer's Kafka offsets are only a hint: on restart it resumes
 from ``committed_offset``.
 
+Every ``SinkConfig.prune_offsets_every`` successful writes of a partition, the writer deletes
+the partition's offset rows below the offset just committed: AFTER the COMMIT, as its own
+autocommit statement, never inside the write transaction. A failed prune is logged and tried
+again at the next interval; it never fails the write (see ``actors.warehouse``).
+
 One writer per partition at a time: the design relies on a partition's batches arriving in
 order from its single consumer, and on a synchronous actor serialising calls. Two zombie writers
 racing on the SAME partition are not fenced here (Snowflake inserts do not block each other).
@@ -84,6 +89,8 @@ class SnowflakeWriter:
         self._sink = sink
         self._sql: WarehouseSql = warehouse_sql(config)
         self._conn: Any = None  # connected lazily, on first use
+        # (topic, partition) -> successful writes since its last prune attempt
+        self._writes_since_prune: dict[tuple[str, int], int] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -111,6 +118,7 @@ class SnowflakeWriter:
             "rows_skipped=%d seconds=%.3f", batch.topic, batch.partition, batch.from_offset,
             batch.to_offset, result.rows_written, result.rows_skipped, result.seconds,
         )
+        self._maybe_prune_offsets(batch.topic, batch.partition, committed)
         return result
 
     def committed_offset(self, topic: str, partition: int) -> int | None:
@@ -223,6 +231,43 @@ class SnowflakeWriter:
         finally:
             cursor.close()
         return written, batch.to_offset
+
+    def _maybe_prune_offsets(self, topic: str, partition: int, committed: int) -> None:
+        """Every ``prune_offsets_every`` writes of the partition, delete its offset rows below
+        ``committed`` (the offset the write just committed or read: never above the max row).
+
+        Runs after the write transaction, as one autocommit statement, attempted once: a failure
+        is logged and never fails the (already committed) write.
+        """
+        every = self._sink.prune_offsets_every
+        if every == 0:
+            return
+        key = (topic, partition)
+        count = self._writes_since_prune.get(key, 0) + 1
+        if count < every:
+            self._writes_since_prune[key] = count
+            return
+        self._writes_since_prune[key] = 0  # pruned or failed: next attempt a full interval away
+        try:
+            cursor = self._connection().cursor()
+            try:
+                cursor.execute(self._sql.prune_offsets, (topic, partition, committed))
+                deleted = cursor.rowcount
+            finally:
+                cursor.close()
+        except sf_errors.Error as exc:
+            # Handled, not swallowed: the write is committed and superseded rows only cost
+            # space and MAX() time, so we log and prune again at the next interval (a later
+            # prune's bound covers these rows too). A broken session is dropped so the next
+            # write reconnects instead of spending a retry on it.
+            if is_transient(exc):
+                self.close()
+            logger.warning("pruning offset rows failed, retrying at the next interval "
+                           "topic=%s partition=%d committed_offset=%d error=%r",
+                           topic, partition, committed, exc)
+            return
+        logger.debug("offset rows pruned topic=%s partition=%d below_offset=%d deleted=%s",
+                     topic, partition, committed, deleted)
 
     def _rollback(self, cursor: Any) -> None:
         try:

@@ -8,8 +8,14 @@ upper-case):
 * offsets: the partition's committed next offset, APPEND-ONLY. Each write transaction inserts a
   new ``(TOPIC, PARTITION, NEXT_OFFSET, WRITTEN_AT)`` row and readers take ``MAX(NEXT_OFFSET)``.
   Never UPDATE: a sink killed mid-transaction can leave an open transaction in the emulator that
-  would make an UPDATE of the same row conflict forever; inserts never conflict. Pruning old
-  offset rows (keep the max per partition) is left to an operator task, not done here.
+  would make an UPDATE of the same row conflict forever; inserts never conflict. Superseded
+  rows are pruned by the sink (``prune_offsets``, every ``SinkConfig.prune_offsets_every``
+  writes of a partition): a DELETE of the partition's rows below the offset it just committed,
+  run as its own autocommit statement OUTSIDE the write transaction, so a sink killed
+  mid-prune never leaves an open DELETE behind, and an open write transaction (which only
+  inserts) does not conflict with it. The bound is an offset the writer just read or
+  committed, never above the partition's maximum, so the max row (the committed position) is
+  never deleted. A failed prune only leaves extra rows until the next one.
 
 Timestamps are TIMESTAMP_TZ: the emulator (DuckDB TIMESTAMPTZ) returns them as aware UTC
 datetimes, which round-trip exactly to the microsecond; Snowflake keeps the offset given.
@@ -55,6 +61,8 @@ class WarehouseSql:
     insert_offset: str
     # (topic, partition) -> MAX(NEXT_OFFSET) or NULL
     committed_offset: str
+    # (topic, partition, committed_offset) -> deletes the partition's rows below it (autocommit)
+    prune_offsets: str
     # (topic, partition, since_ms) -> (ACCOUNT_ID, EVENT_ID) rows
     recent_keys: str
     count_rows: str
@@ -111,6 +119,10 @@ WHERE {_v("kafka_offset")}::number >= ?""",
         ),
         committed_offset=(
             f'SELECT MAX(NEXT_OFFSET) FROM {offsets} WHERE TOPIC = ? AND "PARTITION" = ?'
+        ),
+        # Strictly below: the row holding the bound (the partition's max) always stays.
+        prune_offsets=(
+            f'DELETE FROM {offsets} WHERE TOPIC = ? AND "PARTITION" = ? AND NEXT_OFFSET < ?'
         ),
         # Records produced without the gateway's accept-time header fall back to WRITTEN_AT.
         recent_keys=(

@@ -5,6 +5,7 @@ Each test writes its own topic name, so the shared session tables never mix test
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,11 +20,13 @@ import pytest
 import ray
 import snowflake.connector
 
+from actors import sink as sink_module
 from actors.config import SinkConfig, SnowflakeConfig
 from actors.contract import PaymentBody, PaymentCaptured
 from actors.exceptions import OffsetGapError, SinkError
 from actors.rows import SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeSink, SnowflakeSinkActor, SnowflakeWriter
+from actors.warehouse import WarehouseSql
 from cluster.local_snowflake import LocalSnowflake
 
 pytestmark = pytest.mark.integration
@@ -364,3 +367,149 @@ def test_sink_body_is_a_plain_class(tables_config: SnowflakeConfig) -> None:
         assert sink.count_rows(topic) == 2
     finally:
         sink.close()
+
+
+# -- pruning superseded offset rows --------------------------------------------------------------
+
+
+def offset_rows(config: SnowflakeConfig, topic: str, partition: int) -> list[int]:
+    """The partition's NEXT_OFFSET rows in the offsets table (all of them, not just the max)."""
+    rows = select(config, f"SELECT NEXT_OFFSET FROM {config.offsets_table} "
+                          'WHERE TOPIC = ? AND "PARTITION" = ? ORDER BY NEXT_OFFSET',
+                  (topic, partition))
+    return [int(r[0]) for r in rows]
+
+
+def write_batches(writer: SnowflakeWriter, topic: str, partition: int, count: int,
+                  size: int = 2) -> None:
+    """``count`` consecutive batches of ``size`` offsets each, from offset 0."""
+    for start in range(0, count * size, size):
+        writer.write(make_batch(topic, partition, start, start + size))
+
+
+def test_offset_rows_are_pruned_every_n_writes_of_a_partition(
+        tables_config: SnowflakeConfig, caplog: pytest.LogCaptureFixture) -> None:
+    topic, other_topic = new_topic(), new_topic()
+    pruning = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=3))
+    keeping = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=0))
+    try:
+        # Rows the pruning writer must never touch: another partition of the topic, and the
+        # same partition number of another topic.
+        write_batches(keeping, topic, 1, 4)
+        write_batches(keeping, other_topic, 0, 4)
+        with caplog.at_level(logging.DEBUG, logger="actors.sink"):
+            # Interleaved: partition 2 gets 2 writes, fewer than the interval. A shared counter
+            # would have pruned it.
+            for start in range(0, 20, 2):  # 10 writes of partition 0: offsets 2, 4, ... 20
+                pruning.write(make_batch(topic, 0, start, start + 2))
+                if start in (4, 8):  # partition 2: offsets 4 and 6
+                    pruning.write(make_batch(topic, 2, start // 2, start // 2 + 2))
+        # Pruned after writes 3, 6, 9 (keeping only 18), then write 10 appended 20.
+        assert offset_rows(tables_config, topic, 0) == [18, 20]
+        assert pruning.committed_offset(topic, 0) == 20
+        assert offsets_of(tables_config, topic, 0) == list(range(20))  # events untouched
+        assert offset_rows(tables_config, topic, 2) == [4, 6]
+        assert offset_rows(tables_config, topic, 1) == [2, 4, 6, 8]
+        assert offset_rows(tables_config, other_topic, 0) == [2, 4, 6, 8]
+        assert caplog.text.count(f"offset rows pruned topic={topic} partition=0") == 3
+        assert "pruning offset rows failed" not in caplog.text
+        # The next writes continue from the pruned table; an idempotent replay still counts
+        # as a write and prunes with the committed offset it read (the max row stays).
+        pruning.write(make_batch(topic, 0, 20, 22))
+        assert pruning.write(make_batch(topic, 0, 18, 20)).rows_written == 0
+        assert offset_rows(tables_config, topic, 0) == [22]
+        assert pruning.committed_offset(topic, 0) == 22
+    finally:
+        pruning.close()
+        keeping.close()
+
+
+def test_offset_rows_are_all_kept_when_pruning_is_disabled(
+        tables_config: SnowflakeConfig) -> None:
+    topic = new_topic()
+    w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=0))
+    try:
+        write_batches(w, topic, 0, 7)
+        assert offset_rows(tables_config, topic, 0) == [2, 4, 6, 8, 10, 12, 14]
+        assert w.committed_offset(topic, 0) == 14
+    finally:
+        w.close()
+
+
+def test_every_write_prunes_with_an_interval_of_one(tables_config: SnowflakeConfig) -> None:
+    topic = new_topic()
+    w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=1))
+    try:
+        for count in range(1, 5):
+            w.write(make_batch(topic, 0, 2 * (count - 1), 2 * count))
+            assert offset_rows(tables_config, topic, 0) == [2 * count]
+        assert w.committed_offset(topic, 0) == 8
+    finally:
+        w.close()
+
+
+def test_a_failing_prune_does_not_fail_the_write(
+        tables_config: SnowflakeConfig, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The prune statement hits a table that does not exist (the write's own statements are
+    untouched): every write still commits, the failure is logged with its partition, and the
+    prune is attempted again at the next interval."""
+    real_sql = sink_module.warehouse_sql
+
+    def prune_a_missing_table(config: SnowflakeConfig) -> WarehouseSql:
+        sql = real_sql(config)
+        return dataclasses.replace(sql, prune_offsets=sql.prune_offsets.replace(
+            f"FROM {sql.offsets_table} ", "FROM SINK_TEST_NO_SUCH_OFFSETS ", 1))
+
+    monkeypatch.setattr(sink_module, "warehouse_sql", prune_a_missing_table)
+    topic = new_topic()
+    w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=2))
+    try:
+        with caplog.at_level(logging.WARNING, logger="actors.sink"):
+            results = [w.write(make_batch(topic, 0, start, start + 2)) for start in (0, 2, 4, 6)]
+        assert [(r.rows_written, r.committed_offset) for r in results] == [
+            (2, 2), (2, 4), (2, 6), (2, 8)]
+        failures = [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith("pruning offset rows failed")]
+        assert len(failures) == 2  # after writes 2 and 4: retried at the next interval
+        assert f"topic={topic} partition=0 committed_offset=4" in failures[0]
+        assert f"topic={topic} partition=0 committed_offset=8" in failures[1]
+        assert "SINK_TEST_NO_SUCH_OFFSETS" in failures[0]
+        assert "transient" not in caplog.text  # no write needed a retry
+        # Nothing was pruned, everything was committed, and the writer carries on.
+        assert offset_rows(tables_config, topic, 0) == [2, 4, 6, 8]
+        assert w.write(make_batch(topic, 0, 8, 10)).committed_offset == 10
+        assert w.committed_offset(topic, 0) == 10
+        assert offsets_of(tables_config, topic) == list(range(10))
+    finally:
+        w.close()
+
+
+def test_prune_beside_an_abandoned_open_transaction(
+        tables_config: SnowflakeConfig, caplog: pytest.LogCaptureFixture) -> None:
+    """A sink killed mid-write leaves an open transaction that inserted an offset row: the
+    live writer's prunes neither block on it nor fail, and never see its row."""
+    topic = new_topic()
+    w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=1))
+    zombie = snowflake.connector.connect(**tables_config.connect_kwargs(), paramstyle="qmark")
+    try:
+        w.write(make_batch(topic, 0, 0, 2))
+        cur = zombie.cursor()
+        cur.execute("BEGIN")
+        cur.execute(f"SELECT MAX(NEXT_OFFSET) FROM {tables_config.offsets_table} "
+                    'WHERE TOPIC = ? AND "PARTITION" = 0', (topic,))
+        cur.execute(f'INSERT INTO {tables_config.offsets_table} (TOPIC, "PARTITION", '
+                    "NEXT_OFFSET, WRITTEN_AT) SELECT ?, 0, 1, CURRENT_TIMESTAMP()", (topic,))
+        with caplog.at_level(logging.WARNING, logger="actors.sink"):
+            started = time.monotonic()
+            w.write(make_batch(topic, 0, 2, 4))
+            w.write(make_batch(topic, 0, 4, 6))
+            elapsed = time.monotonic() - started
+        assert "pruning offset rows failed" not in caplog.text
+        assert elapsed < 10  # a blocked prune would sit in the connector's retries for ~25s
+        assert offset_rows(tables_config, topic, 0) == [6]
+    finally:
+        zombie.close()
+    assert offset_rows(tables_config, topic, 0) == [6]
+    assert w.committed_offset(topic, 0) == 6
+    w.close()
