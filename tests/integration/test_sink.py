@@ -501,12 +501,10 @@ def test_prune_beside_an_abandoned_open_transaction(
         cur.execute(f'INSERT INTO {tables_config.offsets_table} (TOPIC, "PARTITION", '
                     "NEXT_OFFSET, WRITTEN_AT) SELECT ?, 0, 1, CURRENT_TIMESTAMP()", (topic,))
         with caplog.at_level(logging.WARNING, logger="actors.sink"):
-            started = time.monotonic()
             w.write(make_batch(topic, 0, 2, 4))
             w.write(make_batch(topic, 0, 4, 6))
-            elapsed = time.monotonic() - started
+        # A prune blocked by the zombie would fail after the connector's retries and warn.
         assert "pruning offset rows failed" not in caplog.text
-        assert elapsed < 10  # a blocked prune would sit in the connector's retries for ~25s
         assert offset_rows(tables_config, topic, 0) == [6]
     finally:
         zombie.close()
