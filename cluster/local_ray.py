@@ -6,7 +6,8 @@ to whatever remains of it. Never by process name, never ``ray stop`` (which stop
 the machine, other people's included).
 
 The dashboard (``http://127.0.0.1:<dashboard port>``) is where users inspect actors and submit
-``ray job submit``; Serve's ingress is HAProxy (``RAY_SERVE_ENABLE_HA_PROXY``). Every port the
+``ray job submit``; Serve's ingress settings (HAProxy, throughput mode) are environment variables
+read when Ray starts, so the caller passes them in ``extra_env``. Every port the
 head would otherwise take from a fixed default (client server, dashboard agent) is picked free,
 so a test stack never collides with a user's.
 
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 DEFAULT_NUM_CPUS = 8  # logical CPUs: the fractional-CPU actors all fit on a 2-core machine
 RAY_ENV: Mapping[str, str] = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     # On SIGTERM a node first drains (up to 30 s) so replicas can move to other nodes; the
     # local head is the whole cluster and there is nowhere to move, so stop at once.
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",

@@ -32,6 +32,7 @@ from cluster.processes import (
     ServiceStopError,
 )
 from cluster.settings import Settings
+from gateway.serve_app import serve_env
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ def _start_ray(settings: Settings) -> ServiceInfo:
     head = LocalRay(dashboard_port=ray_settings.dashboard_port,
                     dashboard_host=ray_settings.dashboard_host,
                     object_store_bytes=ray_settings.object_store_bytes,
-                    num_cpus=ray_settings.num_cpus, log_dir=settings.state_path() / "logs")
+                    num_cpus=ray_settings.num_cpus, log_dir=settings.state_path() / "logs",
+                    extra_env=serve_env(settings.gateway_config().serve))
     head.start()
     assert head.process is not None
     return ServiceInfo("ray", head.process.record,

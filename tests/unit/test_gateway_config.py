@@ -38,7 +38,8 @@ def test_fixed_replicas_or_autoscaling_from_settings() -> None:
 
 def test_haproxy_and_throughput_mode_are_on_by_default() -> None:
     assert serve_env(ServeConfig()) == {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
     isolated = serve_env(ServeConfig(), isolate=True)
     base = Path(isolated["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     try:
@@ -49,7 +50,10 @@ def test_haproxy_and_throughput_mode_are_on_by_default() -> None:
     finally:
         shutil.rmtree(base)
     off = serve_env(ServeConfig(haproxy=False, throughput_optimized=False), isolate=True)
-    assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+                   "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+    metered = serve_env(ServeConfig(haproxy_request_metrics=True))
+    assert metered["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
 
 
 def test_settings_carry_the_gateway_producer_settings() -> None:

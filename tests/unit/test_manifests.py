@@ -16,6 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
+from gateway.config import ServeConfig
+from gateway.serve_app import serve_env
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = Path(os.environ.get("EVENTRAY_CRD_DIR", ROOT.parent / "shared" / "schemas"))
 
@@ -83,8 +86,9 @@ def test_ray_cluster_runs_serve_with_haproxy_on_every_node() -> None:
     ]
     for container in containers:
         env = {item["name"]: item.get("value") for item in container["env"]}
-        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        # The same Serve environment the settings' defaults give (serve_env).
+        for name, value in serve_env(ServeConfig()).items():
+            assert env[name] == value, name
         # Secrets come from a Secret, never inline.
         assert env["EVENTRAY_SNOWFLAKE__PASSWORD"] is None
 
