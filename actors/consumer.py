@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from itertools import pairwise
+from itertools import islice
 from typing import Any, Final
 
 import msgspec
 
 from actors.config import ConsumerConfig, PipelineConfig, ValidationRules
 from actors.contract import (
+    EVENT_TYPES,
     HEADER_ACCEPTED_AT_MS,
     HEADER_REQUEST_ID,
     Event,
@@ -44,20 +46,23 @@ from actors.dead_letter import (
     NOTHING_RECOVERED,
     DeadLetter,
     DeadLetterProducer,
-    RecordHeaders,
     Recovered,
     event_key,
     read_recent_keys,
 )
 from actors.exceptions import EventrayError, KafkaDeliveryError, OffsetGapError, SinkError
-from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows, row_from_event
+from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows
 from actors.validation import reason_code, validate_batch
 
 log = logging.getLogger(__name__)
 
 DedupKey = tuple[str, str]  # (account_id, event_id)
+SourceHeaders = tuple[tuple[str, bytes | None], ...]
 
 CONTRACT_REASON: Final = "contract"
+# The ``type`` tag of each event class (``event_type`` without a call per event).
+_TAGS: Final[dict[type, str]] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
+_offset_of: Final = operator.attrgetter("offset")
 _RATE_WINDOW_S: Final = 30.0
 _MAX_BACKOFF_S: Final = 10.0
 
@@ -87,7 +92,8 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: RecordHeaders = ()
+    # As the record carries them: a header may have a None value (dropped when dead-lettering).
+    headers: SourceHeaders = ()
     request_id: str | None = None
     accepted_at_ms: int | None = None
 
@@ -96,12 +102,18 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
         return len(self.value or b"") + len(self.key or b"")
 
 
-def record_from_message(msg: Any) -> SourceRecord:
-    """A ``SourceRecord`` from a confluent-kafka ``Message``."""
-    headers = tuple((k, v) for k, v in (msg.headers() or ()) if v is not None)
+def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None,
+                  ) -> tuple[SourceHeaders, str | None, int | None]:
+    """``(headers, request id, accepted-at ms)`` from a record's headers as confluent-kafka
+    returns them. The headers are kept as they are (a header may have a None value; those are
+    left out when dead-lettering, see ``DeadLetter``)."""
+    if not headers:
+        return (), None, None
     request_id: str | None = None
     accepted: int | None = None
     for key, value in headers:
+        if value is None:
+            continue
         if key == HEADER_REQUEST_ID:
             request_id = value.decode("utf-8", "replace")
         elif key == HEADER_ACCEPTED_AT_MS:
@@ -109,8 +121,48 @@ def record_from_message(msg: Any) -> SourceRecord:
                 accepted = int(value)
             except ValueError:
                 accepted = None  # a foreign producer's header: fall back to processing time
-    return SourceRecord(offset=msg.offset(), key=msg.key(), value=msg.value(), headers=headers,
-                        request_id=request_id, accepted_at_ms=accepted)
+    return tuple(headers), request_id, accepted
+
+
+def record_from_message(msg: Any) -> SourceRecord:
+    """A ``SourceRecord`` from a confluent-kafka ``Message``."""
+    headers, request_id, accepted = parse_headers(msg.headers())
+    return SourceRecord(msg.offset(), msg.key(), msg.value(), headers, request_id, accepted)
+
+
+class RecordReader:
+    """Turns consumed confluent-kafka ``Message``s into ``SourceRecord``s.
+
+    The gateway gives every record of one HTTP request the same headers, so runs of records
+    carry equal headers: those are parsed once and the records share the parsed values.
+    """
+
+    def __init__(self) -> None:
+        self._last: Any = None
+        self._parsed: tuple[SourceHeaders, str | None, int | None] = ((), None, None)
+
+    def read(self, msgs: Iterable[Any]) -> tuple[list[SourceRecord], int, list[Any]]:
+        """``(records, their size in bytes, the messages that carry an error)``."""
+        records: list[SourceRecord] = []
+        errors: list[Any] = []
+        append = records.append
+        nbytes = 0
+        last, parsed = self._last, self._parsed
+        for msg in msgs:
+            if msg.error() is not None:
+                errors.append(msg)
+                continue
+            raw = msg.headers()
+            if raw != last:
+                last, parsed = raw, parse_headers(raw)
+            key, value = msg.key(), msg.value()
+            if key is not None:
+                nbytes += len(key)
+            if value is not None:
+                nbytes += len(value)
+            append(SourceRecord(msg.offset(), key, value, *parsed))
+        self._last, self._parsed = last, parsed
+        return records, nbytes, errors
 
 
 class DedupWindow:
@@ -139,9 +191,15 @@ class DedupWindow:
         return key in self._at
 
     def add(self, key: DedupKey, at_ms: int) -> None:
-        if key not in self._at:
-            self._at[key] = at_ms
-            self._order.append((at_ms, key))
+        self.first_seen(key, at_ms)
+
+    def first_seen(self, key: DedupKey, at_ms: int) -> bool:
+        """Add ``key`` unless already in the window; True when it was not (not a duplicate)."""
+        if key in self._at:
+            return False
+        self._at[key] = at_ms
+        self._order.append((at_ms, key))
+        return True
 
     def evict(self, now_ms: int) -> int:
         """Forget keys accepted before ``now_ms - window``; return how many."""
@@ -170,11 +228,14 @@ class Accumulator:
         """How many more records fit by count."""
         return max(self._max_events - len(self.records), 0)
 
-    def add(self, records: Sequence[SourceRecord], now: float) -> None:
-        if records and self.started is None:
+    def add(self, records: Sequence[SourceRecord], now: float, nbytes: int | None = None) -> None:
+        """Add ``records``; ``nbytes``, when given, is their total ``size``."""
+        if not records:
+            return
+        if self.started is None:
             self.started = now
         self.records.extend(records)
-        self.bytes += sum(record.size for record in records)
+        self.bytes += sum(record.size for record in records) if nbytes is None else nbytes
 
     def full(self, now: float) -> bool:
         if not self.records:
@@ -209,7 +270,8 @@ def batch_range(next_from: int | None, records: Sequence[SourceRecord]) -> tuple
         raise ValueError("an empty batch has no offset range")
     first, last = records[0].offset, records[-1].offset
     from_offset = first if next_from is None else next_from
-    if first < from_offset or any(a.offset >= b.offset for a, b in pairwise(records)):
+    offsets = list(map(_offset_of, records))
+    if first < from_offset or not all(map(operator.lt, offsets, islice(offsets, 1, None))):
         raise EventrayError(
             f"records out of order: first={first} from_offset={from_offset} last={last}")
     return from_offset, last + 1
@@ -233,19 +295,58 @@ def plan_batch(
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
     letters: list[DeadLetter] = []
     rejected: dict[str, int] = {}
-    already = 0
-    # (record, event, first verdict was valid)
-    decoded: list[tuple[SourceRecord, Event, bool]] = []
 
     def dead_letter(record: SourceRecord, reason: str) -> None:
+        headers = tuple((k, v) for k, v in record.headers if v is not None)
         letters.append(DeadLetter(source_offset=record.offset, key=record.key,
                                   value=record.value or b"", reason=reason,
-                                  headers=record.headers))
+                                  headers=headers))
         code = reason_code(reason)
         rejected[code] = rejected.get(code, 0) + 1
 
+    decoded, events, verdicts, already = _decode_and_check(
+        records, topic=topic, partition=partition, codec=codec, rules=rules, now=now,
+        window=window, recovered=recovered, arrival_ms=arrival_ms, dead_letter=dead_letter)
+    rows: list[EventRow] = []
+    add_row = rows.append
+    duplicates = 0
+    first_seen = window.first_seen
+    for record, event, reason in zip(decoded, events, verdicts, strict=True):
+        accepted_at_ms = record.accepted_at_ms
+        if not first_seen((event.account_id, event.event_id),
+                          arrival_ms if accepted_at_ms is None else accepted_at_ms):
+            duplicates += 1
+        elif reason is not None:
+            dead_letter(record, reason)
+        else:
+            add_row(EventRow(event.event_id, event.account_id, _TAGS[type(event)],
+                             event.occurred_at, event.schema_version, event.body, topic,
+                             partition, record.offset, record.request_id, accepted_at_ms))
+    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
+    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
+                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
+    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
+                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+
+
+def _decode_and_check(
+    records: Sequence[SourceRecord], *, topic: str, partition: int, codec: EventCodec,
+    rules: ValidationRules, now: datetime, window: DedupWindow, recovered: Recovered,
+    arrival_ms: int, dead_letter: Callable[[SourceRecord, str], None],
+) -> tuple[list[SourceRecord], list[Event], list[str | None], int]:
+    """Decode ``records`` (dead-lettering contract failures) and apply the business rules:
+    ``(records that decoded, their events, their verdicts (None: valid), records skipped as
+    already dead-lettered)``."""
+    already = 0
+    # The records that decoded, their events and their verdicts (None: valid), in order.
+    decoded: list[SourceRecord] = []
+    events: list[Event] = []
+    fresh: list[Event] = []
+    fresh_at: list[int] = []  # positions of the fresh (not replayed) events in ``events``
+    watermark = recovered.watermark
+    decode = codec.decode_json
     for record in records:
-        replayed = record.offset <= recovered.watermark
+        replayed = record.offset <= watermark
         if replayed and recovered.already(record.offset):
             already += 1
             key = event_key(record.value)
@@ -253,7 +354,7 @@ def plan_batch(
                 window.add(key, record.accepted_at_ms or arrival_ms)
             continue
         try:
-            event = codec.decode_json(record.value if record.value is not None else b"")
+            event = decode(record.value if record.value is not None else b"")
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             if replayed:
                 raise EventrayError(
@@ -262,32 +363,17 @@ def plan_batch(
             error = describe_error(exc)
             dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
             continue
-        decoded.append((record, event, replayed))
-
-    fresh = [(record, event) for record, event, replayed in decoded if not replayed]
-    verdicts = dict(zip((record.offset for record, _ in fresh),
-                        validate_batch([event for _, event in fresh], rules, now), strict=True))
-    rows: list[EventRow] = []
-    duplicates = 0
-    for record, event, _replayed in decoded:
-        key = (event.account_id, event.event_id)
-        if window.seen(key):
-            duplicates += 1
-            continue
-        window.add(key, record.accepted_at_ms if record.accepted_at_ms is not None
-                   else arrival_ms)
-        reason = verdicts.get(record.offset)
-        if reason is not None:
-            dead_letter(record, reason)
-            continue
-        rows.append(row_from_event(event, topic=topic, partition=partition, offset=record.offset,
-                                   request_id=record.request_id,
-                                   accepted_at_ms=record.accepted_at_ms))
-    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
-    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
-                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
-    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
-                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+        if not replayed:  # a replayed record's first verdict was valid: it stays valid
+            fresh_at.append(len(events))
+            fresh.append(event)
+        decoded.append(record)
+        events.append(event)
+    if len(fresh) == len(events):
+        return decoded, events, validate_batch(events, rules, now), already
+    verdicts: list[str | None] = [None] * len(events)
+    for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
+        verdicts[at] = reason
+    return decoded, events, verdicts, already
 
 
 class RateMeter:
@@ -495,6 +581,7 @@ class PartitionConsumer:
         cfg = self._config
         codec = EventCodec()
         acc = Accumulator(cfg.consumer)
+        reader = RecordReader()
         next_from = committed
         pending: _InFlight | None = None
         while not self._stop.is_set():
@@ -503,7 +590,8 @@ class PartitionConsumer:
                 pending = None
             msgs = consumer.consume(num_messages=max(acc.room, 1),
                                     timeout=cfg.consumer.poll_timeout_s)
-            acc.add(self._records(msgs), time.monotonic())
+            records, nbytes = self._records(reader, msgs)
+            acc.add(records, time.monotonic(), nbytes)
             if not acc.full(time.monotonic()):
                 continue
             now = datetime.now(UTC)
@@ -523,22 +611,22 @@ class PartitionConsumer:
         if pending is not None:
             self._finish(pending, consumer)
 
-    def _records(self, msgs: Sequence[Any]) -> list[SourceRecord]:
+    def _records(self, reader: RecordReader,
+                 msgs: Sequence[Any]) -> tuple[list[SourceRecord], int]:
+        """The records of ``msgs`` and their size in bytes; errors are logged or raised."""
         from confluent_kafka import KafkaError
 
-        records: list[SourceRecord] = []
-        for msg in msgs:
+        records, nbytes, errors = reader.read(msgs)
+        for msg in errors:
             err = msg.error()
-            if err is None:
-                records.append(record_from_message(msg))
-            elif err.code() == KafkaError._PARTITION_EOF:
+            if err.code() == KafkaError._PARTITION_EOF:
                 continue
-            elif err.retriable() or not err.fatal():
+            if err.retriable() or not err.fatal():
                 log.warning("consume error name=%s code=%s: %s", self._name, err.name(),
                             err.str())
             else:
                 raise KafkaDeliveryError(f"consume failed: {err.str()}", code=err.code())
-        return records
+        return records, nbytes
 
     def _publish(self, dlq: DeadLetterProducer, letters: Sequence[DeadLetter]) -> None:
         backoff = 0.5

@@ -12,10 +12,12 @@ from actors.consumer import (
     Accumulator,
     DedupWindow,
     RateMeter,
+    RecordReader,
     SourceRecord,
     batch_range,
     consumer_name,
     plan_batch,
+    record_from_message,
     sink_index,
 )
 from actors.contract import (
@@ -30,7 +32,7 @@ from actors.contract import (
 )
 from actors.dead_letter import Recovered, dead_letter_headers, source_offset_of
 from actors.exceptions import EventrayError
-from actors.rows import row_field_index
+from actors.rows import encode_rows, row_field_index, row_from_event
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -215,3 +217,117 @@ def test_a_replayed_dead_letter_still_marks_its_key() -> None:
                   recovered=Recovered(watermark=5, offsets=frozenset({5})))
     assert result.already_dead_lettered == 1 and result.duplicates == 1
     assert result.dead_letters == []
+
+
+class FakeMessage:
+    """The parts of a confluent-kafka ``Message`` the consumer reads."""
+
+    def __init__(self, offset: int, value: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None, key: bytes | None = b"acct-1",
+                 error: object = None) -> None:
+        self._offset, self._value, self._headers, self._key = offset, value, headers, key
+        self._error = error
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return None if self._headers is None else list(self._headers)  # a new list per call
+
+    def error(self) -> object:
+        return self._error
+
+
+def gateway_headers(request_id: str, accepted_ms: int) -> list[tuple[str, bytes | None]]:
+    return [("content-type", b"application/json"), (HEADER_REQUEST_ID, request_id.encode()),
+            (HEADER_ACCEPTED_AT_MS, str(accepted_ms).encode()),
+            ("eventray-schema-version", b"1")]
+
+
+def test_record_from_message_parses_the_gateway_headers() -> None:
+    msg = FakeMessage(7, b"{}", [("x-null", None), *gateway_headers("req-9", 1234)])
+    rec_ = record_from_message(msg)
+    assert (rec_.offset, rec_.key, rec_.value) == (7, b"acct-1", b"{}")
+    assert (rec_.request_id, rec_.accepted_at_ms) == ("req-9", 1234)
+    assert rec_.headers == (("x-null", None), *gateway_headers("req-9", 1234))
+    foreign = record_from_message(FakeMessage(8, b"{}", [(HEADER_ACCEPTED_AT_MS, b"soon"),
+                                                         (HEADER_REQUEST_ID, None)]))
+    assert (foreign.request_id, foreign.accepted_at_ms) == (None, None)
+    bare = record_from_message(FakeMessage(9, None, None, key=None))
+    assert (bare.headers, bare.request_id, bare.accepted_at_ms, bare.size) == ((), None, None, 0)
+
+
+def test_record_reader_parses_each_run_of_equal_headers_once() -> None:
+    reader = RecordReader()
+    error = object()
+    msgs = [
+        FakeMessage(0, b"a" * 10, gateway_headers("req-1", 100)),
+        FakeMessage(1, b"b" * 20, gateway_headers("req-1", 100)),
+        FakeMessage(2, None, None, error=error),
+        FakeMessage(3, b"c", gateway_headers("req-2", 200), key=None),
+        FakeMessage(4, b"d", None),
+    ]
+    records, nbytes, errors = reader.read(msgs)
+    assert [r.offset for r in records] == [0, 1, 3, 4]
+    assert errors == [msgs[2]]
+    assert nbytes == sum(r.size for r in records) == 10 + 20 + 1 + 1 + 3 * len(b"acct-1")
+    assert [(r.request_id, r.accepted_at_ms) for r in records] == [
+        ("req-1", 100), ("req-1", 100), ("req-2", 200), (None, None)]
+    assert records[0].headers is records[1].headers  # parsed once, shared
+    assert records[3].headers == ()
+    # The reader remembers the last headers across calls, and still sees them change.
+    more, _, _ = reader.read([FakeMessage(5, b"e", None),
+                              FakeMessage(6, b"f", gateway_headers("req-3", 300))])
+    assert [(r.request_id, r.accepted_at_ms) for r in more] == [(None, None), ("req-3", 300)]
+    assert records == [record_from_message(m) for m in msgs[:2] + msgs[3:]]
+
+
+def test_accumulator_takes_a_precomputed_size() -> None:
+    acc = Accumulator(ConsumerConfig(batch_max_events=10, batch_max_bytes=100))
+    acc.add([], now=1.0, nbytes=0)
+    assert acc.started is None and not acc.full(1.0)
+    records = [record(0, b"x" * 44), record(1, b"x" * 44)]  # + 6-byte keys
+    acc.add(records, now=2.0, nbytes=sum(r.size for r in records))
+    assert acc.bytes == 100 and acc.started == 2.0 and acc.full(2.0)
+
+
+def test_batch_range_detects_any_disorder() -> None:
+    assert batch_range(0, [record(0, b"{}")]) == (0, 1)
+    for offsets in ([0, 2, 1], [0, 1, 1], [3, 2, 5], [0, 1, 2, 3, 3]):
+        with pytest.raises(EventrayError):
+            batch_range(0, [record(o, b"{}") for o in offsets])
+
+
+def test_dedup_window_first_seen() -> None:
+    window = DedupWindow(10)
+    assert window.first_seen(("a", "1"), 1_000)
+    assert not window.first_seen(("a", "1"), 9_000)  # keeps the first accept time
+    assert window.evict(now_ms=11_001) == 1 and len(window) == 0
+
+
+def test_dead_letters_leave_out_headers_without_a_value() -> None:
+    headers = [("x-null", None), *gateway_headers("req-5", NOW_MS)]
+    bad = SourceRecord(offset=3, key=b"acct-1", value=b"not json", headers=tuple(headers),
+                       request_id="req-5", accepted_at_ms=NOW_MS)
+    letter = plan([bad], next_from=3).dead_letters[0]
+    assert letter.headers == tuple(gateway_headers("req-5", NOW_MS))
+    assert dict(dead_letter_headers(letter, "events", 3))[HEADER_REQUEST_ID] == b"req-5"
+
+
+def test_rows_carry_the_tag_and_lineage_of_each_event_type() -> None:
+    account = AccountUpdated(event_id="e-acc", account_id="acct-1", occurred_at=NOW,
+                             body=AccountBody(country="DE"))
+    result = plan([rec(0, payment("e-1")), rec(1, account)])
+    rows = msgspec.json.decode(result.batch.rows_json, type=list[list[object]])
+    assert [row[row_field_index("event_type")] for row in rows] == [
+        "payment.captured", "account.updated"]
+    expected = [row_from_event(CODEC.decode_json(CODEC.encode(e)), topic="events", partition=3,
+                               offset=o, request_id="req-1", accepted_at_ms=NOW_MS)
+                for o, e in ((0, payment("e-1")), (1, account))]
+    assert result.batch.rows_json == encode_rows(expected)
