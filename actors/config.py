@@ -119,6 +119,10 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_max_wait_s: PositiveFloat = 0.5
     poll_timeout_s: PositiveFloat = 0.2
     dedup_window_s: PositiveFloat = 24 * 3600.0
+    # Memory bound of a partition's dedup window (~340 bytes per key measured, so ~0.7 GB).
+    # Size it to the partition's event rate times dedup_window_s; past it the oldest keys are
+    # forgotten early, counted in eventray_dedup_evicted_early and logged.
+    dedup_max_keys: PositiveInt = 2_000_000
     # Logical CPUs a consumer actor reserves; small so many fit on a 2-core node.
     num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     max_restarts: int = -1

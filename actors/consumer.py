@@ -167,23 +167,29 @@ class RecordReader:
 
 class DedupWindow:
     """Event keys written or dead-lettered for this partition within the last ``window_s``
-    seconds of accept time.
+    seconds of accept time, at most ``max_keys`` of them.
 
     Keys of one account land on one partition, so a per-partition window sees every duplicate.
-    Entries are evicted approximately in accept order (a deque in insertion order).
+    Entries are evicted approximately in accept order (a deque in insertion order). Memory is
+    bounded by ``max_keys`` (~340 bytes per key measured): past it the oldest key is forgotten
+    before its window ends and counted in ``evicted_early``, so the window a client retry is
+    caught in shrinks, visibly, instead of the actor growing without bound.
     """
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, max_keys: int | None = None) -> None:
         self._window_ms = int(window_s * 1000)
+        self._max_keys = max_keys
         self._at: dict[DedupKey, int] = {}
         self._order: collections.deque[tuple[int, DedupKey]] = collections.deque()
+        self.evicted_early = 0  # keys forgotten inside their window because of max_keys
 
     def __len__(self) -> int:
         return len(self._at)
 
     def load(self, keys: Iterable[Sequence[str]], at_ms: int) -> None:
         """Keys read back from the warehouse; their accept time is unknown, so they count as
-        accepted at ``at_ms`` (kept a little longer than needed, never shorter)."""
+        accepted at ``at_ms`` (kept a little longer than needed, never shorter). Give them
+        oldest first: when they exceed ``max_keys`` the last ones are kept."""
         for account_id, event_id in keys:
             self.add((str(account_id), str(event_id)), at_ms)
 
@@ -195,9 +201,14 @@ class DedupWindow:
 
     def first_seen(self, key: DedupKey, at_ms: int) -> bool:
         """Add ``key`` unless already in the window; True when it was not (not a duplicate)."""
-        if key in self._at:
+        at = self._at
+        if key in at:
             return False
-        self._at[key] = at_ms
+        if self._max_keys is not None and len(at) >= self._max_keys:
+            _, oldest = self._order.popleft()
+            del at[oldest]
+            self.evicted_early += 1
+        at[key] = at_ms
         self._order.append((at_ms, key))
         return True
 
@@ -541,10 +552,12 @@ class PartitionConsumer:
         committed: int | None = self._call_sink(
             lambda s: s.committed_offset.remote(topic, partition))
         now_ms = time.time_ns() // 1_000_000
-        window = DedupWindow(cfg.consumer.dedup_window_s)
+        max_keys = cfg.consumer.dedup_max_keys
+        window = DedupWindow(cfg.consumer.dedup_window_s, max_keys)
         since_ms = now_ms - int(cfg.consumer.dedup_window_s * 1000)
-        window.load(self._call_sink(lambda s: s.recent_keys.remote(topic, partition, since_ms)),
-                    now_ms)
+        newest_first = self._call_sink(
+            lambda s: s.recent_keys.remote(topic, partition, since_ms, max_keys))
+        window.load(reversed(newest_first), now_ms)
         dlq = DeadLetterProducer(cfg.kafka, cfg.topics.dead_letter, topic, partition)
         consumer: Any = None
         try:
@@ -602,6 +615,8 @@ class PartitionConsumer:
                               window=window, recovered=recovered, now_ms=now_ms)
             next_from = plan.batch.to_offset
             self._metrics.count(plan.consumed, plan.valid, plan.duplicates, plan.rejected)
+            if window.evicted_early:
+                self._note_window_full(window)
             # Dead letters are committed before the batch's rows: a crash in between replays
             # the batch, and the DLQ watermark keeps it from dead-lettering twice.
             self._publish(dlq, plan.dead_letters)
@@ -610,6 +625,15 @@ class PartitionConsumer:
             pending = self._send(plan)
         if pending is not None:
             self._finish(pending, consumer)
+
+    def _note_window_full(self, window: DedupWindow) -> None:
+        """Report keys the dedup window forgot early (its ``max_keys`` is too small for the
+        event rate times ``dedup_window_s``): a retry older than the kept keys is written."""
+        forgotten, window.evicted_early = window.evicted_early, 0
+        self._metrics.dedup_evicted_early(forgotten)
+        log.warning("dedup window full name=%s keys=%d forgotten_early=%d: raise "
+                    "consumer.dedup_max_keys or lower consumer.dedup_window_s", self._name,
+                    len(window), forgotten)
 
     def _records(self, reader: RecordReader,
                  msgs: Sequence[Any]) -> tuple[list[SourceRecord], int]:

@@ -31,6 +31,10 @@ class PipelineMetrics:
         self.duplicates: Any = Counter(
             "eventray_events_duplicate", "Events dropped as duplicates of written ones.",
             tag_keys=_PARTITION_TAGS)
+        self.dedup_early: Any = Counter(
+            "eventray_dedup_evicted_early",
+            "Keys the dedup window forgot before dedup_window_s ended (dedup_max_keys reached).",
+            tag_keys=_PARTITION_TAGS)
         self.sink_rows: Any = Counter(
             "eventray_sink_rows", "Rows written to the warehouse.", tag_keys=_PARTITION_TAGS)
         self.flush_seconds: Any = Histogram(
@@ -51,6 +55,9 @@ class PipelineMetrics:
             self.duplicates.inc(duplicates, tags=self._tags)
         for reason, n in rejected_by_reason.items():
             self.rejected.inc(n, tags={**self._tags, "reason": reason})
+
+    def dedup_evicted_early(self, keys: int) -> None:
+        self.dedup_early.inc(keys, tags=self._tags)
 
     def flushed(self, rows: int, seconds: float) -> None:
         """Record one committed warehouse write."""

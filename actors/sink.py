@@ -69,6 +69,8 @@ _MAX_BACKOFF_S: Final = 10.0
 # down, a call would hang for minutes instead of failing into our retries). Long queries on a
 # real account are polled by the connector, each poll a short request.
 _NETWORK_TIMEOUT_S: Final = 30
+# recent_keys without a bound (the SQL always binds one).
+_NO_LIMIT: Final = 2**62
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -127,12 +129,14 @@ class SnowflakeWriter:
         value = rows[0][0] if rows else None
         return None if value is None else int(value)
 
-    def recent_keys(self, topic: str, partition: int, since_ms: int) -> list[tuple[str, str]]:
-        """``(account_id, event_id)`` of the partition's rows accepted at/after ``since_ms``.
+    def recent_keys(self, topic: str, partition: int, since_ms: int,
+                    limit: int = _NO_LIMIT) -> list[tuple[str, str]]:
+        """``(account_id, event_id)`` of the partition's rows accepted at/after ``since_ms``,
+        the ``limit`` newest (by offset) first.
 
         Rows without a gateway accept time count from when they were written.
         """
-        rows = self._query(self._sql.recent_keys, (topic, partition, since_ms))
+        rows = self._query(self._sql.recent_keys, (topic, partition, since_ms, limit))
         return [(str(account), str(event)) for account, event in rows]
 
     def count_rows(self, topic: str | None = None) -> int:
@@ -325,8 +329,9 @@ class SnowflakeSink:
     def committed_offset(self, topic: str, partition: int) -> int | None:
         return self._writer.committed_offset(topic, partition)
 
-    def recent_keys(self, topic: str, partition: int, since_ms: int) -> list[tuple[str, str]]:
-        return self._writer.recent_keys(topic, partition, since_ms)
+    def recent_keys(self, topic: str, partition: int, since_ms: int,
+                    limit: int = _NO_LIMIT) -> list[tuple[str, str]]:
+        return self._writer.recent_keys(topic, partition, since_ms, limit)
 
     def count_rows(self, topic: str | None = None) -> int:
         return self._writer.count_rows(topic)

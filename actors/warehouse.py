@@ -63,7 +63,7 @@ class WarehouseSql:
     committed_offset: str
     # (topic, partition, committed_offset) -> deletes the partition's rows below it (autocommit)
     prune_offsets: str
-    # (topic, partition, since_ms) -> (ACCOUNT_ID, EVENT_ID) rows
+    # (topic, partition, since_ms, limit) -> (ACCOUNT_ID, EVENT_ID) rows, newest first
     recent_keys: str
     count_rows: str
     # (topic,)
@@ -128,7 +128,8 @@ WHERE {_v("kafka_offset")}::number >= ?""",
         recent_keys=(
             f"SELECT ACCOUNT_ID, EVENT_ID FROM {events} "
             "WHERE KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? "
-            "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3)"
+            "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3) "
+            "ORDER BY KAFKA_OFFSET DESC LIMIT ?"
         ),
         count_rows=f"SELECT COUNT(*) FROM {events}",
         count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",

@@ -212,6 +212,15 @@ def test_recent_keys_by_accept_time(writer: SnowflakeWriter) -> None:
     assert writer.recent_keys(topic, 0, BASE_MS + 10_000) == []
 
 
+def test_recent_keys_limit_keeps_the_newest_first(writer: SnowflakeWriter) -> None:
+    topic = new_topic()
+    writer.write(make_batch(topic, 0, 0, 5, accepted_at_ms=BASE_MS))
+    assert writer.recent_keys(topic, 0, BASE_MS, limit=2) == [
+        ("acct-4", f"{topic}-0-4"), ("acct-3", f"{topic}-0-3")]
+    assert [key for _, key in writer.recent_keys(topic, 0, BASE_MS)] == [
+        f"{topic}-0-{offset}" for offset in (4, 3, 2, 1, 0)]
+
+
 def test_recent_keys_falls_back_to_written_at_without_accept_time(
         writer: SnowflakeWriter) -> None:
     topic = new_topic()

@@ -105,6 +105,25 @@ def test_dedup_window_evicts_by_accept_time() -> None:
     assert window.evict(now_ms=100_000) == 2 and len(window) == 0
 
 
+def test_dedup_window_past_max_keys_forgets_the_oldest_and_counts_it() -> None:
+    window = DedupWindow(window_s=3600, max_keys=2)
+    window.load([("a", "1"), ("a", "2"), ("a", "3")], at_ms=1_000)  # oldest first
+    assert len(window) == 2 and window.evicted_early == 1
+    assert not window.seen(("a", "1")) and window.seen(("a", "2")) and window.seen(("a", "3"))
+    assert not window.first_seen(("a", "3"), at_ms=2_000)  # a duplicate evicts nothing
+    assert window.first_seen(("b", "1"), at_ms=2_000)
+    assert window.evicted_early == 2 and not window.seen(("a", "2"))
+
+
+def test_plan_batch_with_a_full_window_still_drops_duplicates_it_holds() -> None:
+    window = DedupWindow(window_s=3600, max_keys=3)
+    first = plan([rec(0, payment("e1")), rec(1, payment("e2"))], window=window)
+    again = plan([rec(2, payment("e2")), rec(3, payment("e3")), rec(4, payment("e4"))],
+                 next_from=first.batch.to_offset, window=window)
+    assert again.duplicates == 1 and again.valid == 2
+    assert window.evicted_early == 1  # e1 made room for e4: a retry of e1 would be written
+
+
 def test_batch_range_continues_from_the_committed_offset() -> None:
     records = [record(5, b"{}"), record(6, b"{}"), record(9, b"{}")]
     assert batch_range(5, records) == (5, 10)
