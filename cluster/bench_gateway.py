@@ -65,9 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--produce-events", type=int, default=500_000,
                         help="records of the plain produce loop")
+    parser.add_argument("--rounds", type=_positive_int, default=3,
+                        help="runs of every phase; the median one is reported")
     parser.add_argument("--replicas", type=int, default=1, help="Serve replicas")
     parser.add_argument("--skip", choices=["serve", "raw"], action="append", default=[])
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 # -- workload -------------------------------------------------------------------------------
@@ -111,6 +120,7 @@ class PhaseResult(msgspec.Struct):
     elapsed_s: float
     p50_ms: float
     p99_ms: float
+    rounds: list[float] = []  # events/s of every round when this is the median one
 
     @property
     def events_per_s(self) -> float:
@@ -274,13 +284,24 @@ def produce_ceiling(config: GatewayConfig, count: int) -> float:
 
 
 def _phases(url: str, args: argparse.Namespace) -> dict[str, PhaseResult]:
+    """Each phase ``args.rounds`` times, 1-event and batch phases alternating; per kind the
+    round with the median events/s (one noisy phase on a shared 2-core machine moves the
+    figure by 15-25%), carrying every round's events/s in ``rounds``."""
     common = {"duration_s": args.duration, "warmup_s": args.warmup,
               "max_requests": args.max_requests, "batch_size": args.batch_size}
-    return {
-        "single": run_load(LoadSpec(url, "single", concurrency=args.single_concurrency,
-                                    **common)),
-        "batch": run_load(LoadSpec(url, "batch", concurrency=args.batch_concurrency, **common)),
-    }
+    specs = {"single": LoadSpec(url, "single", concurrency=args.single_concurrency, **common),
+             "batch": LoadSpec(url, "batch", concurrency=args.batch_concurrency, **common)}
+    runs: dict[str, list[PhaseResult]] = {kind: [] for kind in specs}
+    for _ in range(args.rounds):
+        for kind, spec in specs.items():
+            runs[kind].append(run_load(spec))
+    return {kind: _median_round(results) for kind, results in runs.items()}
+
+
+def _median_round(results: list[PhaseResult]) -> PhaseResult:
+    ordered = sorted(results, key=lambda result: result.events_per_s)
+    median = ordered[(len(ordered) - 1) // 2]  # the lower middle: a measured round, not a mean
+    return msgspec.structs.replace(median, rounds=[r.events_per_s for r in results])
 
 
 def raw_uvicorn(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
@@ -404,8 +425,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             serve=msgspec.structs.replace(base.serve, app_name="eventray-bench-gateway",
                                           num_replicas=args.replicas, autoscaling=False),
         )
-        print(f"plain produce loop: {args.produce_events:,} records ...", flush=True)
-        ceiling = produce_ceiling(config, args.produce_events)
+        print(f"plain produce loop: {args.produce_events:,} records x {args.rounds} ...",
+              flush=True)
+        produced = [produce_ceiling(config, args.produce_events) for _ in range(args.rounds)]
+        ceiling = sorted(produced)[(len(produced) - 1) // 2]
         results: dict[str, dict[str, PhaseResult]] = {}
         if "raw" not in args.skip:
             print("plain uvicorn (1 process) ...", flush=True)
@@ -419,6 +442,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             kafka.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     summary = _summary(results, ceiling)
+    summary["raw_produce_rounds_events_per_s"] = [round(v, 1) for v in produced]
     _print(results, ceiling, summary, args)
     if args.json:
         Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
@@ -450,6 +474,8 @@ def _summary(results: dict[str, dict[str, PhaseResult]], ceiling: float) -> dict
             "raw_p99_ms": round(raw.p99_ms, 2) if raw else None,
             "serve_errors": serve.errors if serve else None,
             "raw_errors": raw.errors if raw else None,
+            "serve_rounds_events_per_s": [round(v, 1) for v in serve.rounds] if serve else None,
+            "raw_rounds_events_per_s": [round(v, 1) for v in raw.rounds] if raw else None,
         })
         summary[kind] = entry
     summary["raw_produce_events_per_s"] = round(ceiling, 1)
@@ -467,10 +493,14 @@ def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
         for kind, phase in results.get(setup, {}).items():
             conc = args.single_concurrency if kind == "single" else args.batch_concurrency
             label = "1 event" if kind == "single" else f"{args.batch_size} events"
+            spread = ", ".join(f"{v:,.0f}" for v in phase.rounds)
             print(f"{'uvicorn' if setup == 'raw' else 'Ray Serve':<16}{label:<12}{conc:>5}"
                   f"{phase.requests_per_s:>10,.0f}{phase.events_per_s:>12,.0f}"
-                  f"{phase.p50_ms:>9.2f}{phase.p99_ms:>9.2f}  {phase.errors or '-'}")
-    print(f"{'produce loop':<16}{'-':<12}{'-':>5}{'-':>10}{ceiling:>12,.0f}")
+                  f"{phase.p50_ms:>9.2f}{phase.p99_ms:>9.2f}  {phase.errors or '-'}"
+                  f"  (rounds, events/s: {spread})")
+    produced = ", ".join(f"{v:,.0f}" for v in summary["raw_produce_rounds_events_per_s"])
+    print(f"{'produce loop':<16}{'-':<12}{'-':>5}{'-':>10}{ceiling:>12,.0f}"
+          f"{'':>36}(rounds, events/s: {produced})")
     print()
 
     def verdict(value: float | None, target: float) -> str:
