@@ -87,7 +87,7 @@ class Gateway:
         try:
             yield
         finally:
-            await asyncio.to_thread(self.producer.close, self.config.producer.flush_timeout_s)
+            await self.producer.aclose(self.config.producer.flush_timeout_s)
 
     # -- events ---------------------------------------------------------------------------
 
