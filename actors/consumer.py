@@ -35,7 +35,6 @@ import msgspec
 
 from actors.config import ConsumerConfig, PipelineConfig, ValidationRules
 from actors.contract import (
-    EVENT_TYPES,
     HEADER_ACCEPTED_AT_MS,
     HEADER_REQUEST_ID,
     Event,
@@ -51,7 +50,7 @@ from actors.dead_letter import (
     read_recent_keys,
 )
 from actors.exceptions import EventrayError, KafkaDeliveryError, OffsetGapError, SinkError
-from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows
+from actors.rows import EventRow, FlushResult, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,6 @@ DedupKey = tuple[str, str]  # (account_id, event_id)
 SourceHeaders = tuple[tuple[str, bytes | None], ...]
 
 CONTRACT_REASON: Final = "contract"
-# The ``type`` tag of each event class (``event_type`` without a call per event).
-_TAGS: Final[dict[type, str]] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 _offset_of: Final = operator.attrgetter("offset")
 _RATE_WINDOW_S: Final = 30.0
 _MAX_BACKOFF_S: Final = 10.0
@@ -330,9 +327,9 @@ def plan_batch(
         elif reason is not None:
             dead_letter(record, reason)
         else:
-            add_row(EventRow(event.event_id, event.account_id, _TAGS[type(event)],
-                             event.occurred_at, event.schema_version, event.body, topic,
-                             partition, record.offset, record.request_id, accepted_at_ms))
+            add_row(row_from_event(event, topic=topic, partition=partition,
+                                   offset=record.offset, request_id=record.request_id,
+                                   accepted_at_ms=accepted_at_ms))
     letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
     batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                       to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))

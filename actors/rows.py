@@ -77,19 +77,10 @@ def row_from_event(
     request_id: str | None, accepted_at_ms: int | None,
 ) -> EventRow:
     """The row for a validated event read at ``topic``/``partition``/``offset``."""
-    return EventRow(
-        event_id=event.event_id,
-        account_id=event.account_id,
-        event_type=event_type(event),
-        occurred_at=event.occurred_at,
-        schema_version=event.schema_version,
-        body=event.body,
-        kafka_topic=topic,
-        kafka_partition=partition,
-        kafka_offset=offset,
-        request_id=request_id,
-        accepted_at_ms=accepted_at_ms,
-    )
+    # Positional, in field order: consumers build one per event.
+    return EventRow(event.event_id, event.account_id, event_type(event), event.occurred_at,
+                    event.schema_version, event.body, topic, partition, offset, request_id,
+                    accepted_at_ms)
 
 
 # Encoders are stateless and thread-safe to use; one per process is reused for every batch.

@@ -21,11 +21,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -47,6 +48,8 @@ from cluster.settings import Settings
 from gateway.config import GatewayConfig, ServeConfig
 from gateway.producer import producer_config
 from gateway.server import encode_config
+
+_T = TypeVar("_T")
 
 TARGETS = {"single_ratio": 0.5, "batch_ratio": 0.85, "batch_vs_produce": 0.7}
 
@@ -299,9 +302,13 @@ def _phases(url: str, args: argparse.Namespace) -> dict[str, PhaseResult]:
 
 
 def _median_round(results: list[PhaseResult]) -> PhaseResult:
-    ordered = sorted(results, key=lambda result: result.events_per_s)
-    median = ordered[(len(ordered) - 1) // 2]  # the lower middle: a measured round, not a mean
+    median = _lower_median(results, key=lambda result: result.events_per_s)
     return msgspec.structs.replace(median, rounds=[r.events_per_s for r in results])
+
+
+def _lower_median(items: list[_T], key: Callable[[_T], float]) -> _T:
+    """The lower middle item by ``key``: a measured round, never a mean of rounds."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def raw_uvicorn(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
@@ -428,7 +435,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"plain produce loop: {args.produce_events:,} records x {args.rounds} ...",
               flush=True)
         produced = [produce_ceiling(config, args.produce_events) for _ in range(args.rounds)]
-        ceiling = sorted(produced)[(len(produced) - 1) // 2]
+        ceiling = _lower_median(produced, key=float)
         results: dict[str, dict[str, PhaseResult]] = {}
         if "raw" not in args.skip:
             print("plain uvicorn (1 process) ...", flush=True)
