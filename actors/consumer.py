@@ -39,6 +39,8 @@ from actors.contract import (
     HEADER_REQUEST_ID,
     Event,
     EventCodec,
+    FieldError,
+    charset_errors,
     describe_error,
 )
 from actors.dead_letter import (
@@ -346,13 +348,11 @@ def _decode_and_check(
     ``(records that decoded, their events, their verdicts (None: valid), records skipped as
     already dead-lettered)``."""
     already = 0
-    # The records that decoded, their events and their verdicts (None: valid), in order.
-    decoded: list[SourceRecord] = []
-    events: list[Event] = []
-    fresh: list[Event] = []
-    fresh_at: list[int] = []  # positions of the fresh (not replayed) events in ``events``
+    # The records that decoded (before their Charset check), their events, in order.
+    candidates: list[SourceRecord] = []
+    decoded_events: list[Event] = []
     watermark = recovered.watermark
-    decode = codec.decode_json
+    decode = codec.json_unchecked.decode
     for record in records:
         replayed = record.offset <= watermark
         if replayed and recovered.already(record.offset):
@@ -364,12 +364,21 @@ def _decode_and_check(
         try:
             event = decode(record.value if record.value is not None else b"")
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            if replayed:
-                raise EventrayError(
-                    f"{topic}/{partition} offset {record.offset} breaks the contract but is not "
-                    "in the dead-letter topic below its watermark") from exc
-            error = describe_error(exc)
-            dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
+            _contract_failure(record, describe_error(exc), replayed=replayed, topic=topic,
+                              partition=partition, dead_letter=dead_letter)
+            continue
+        candidates.append(record)
+        decoded_events.append(event)
+    bad = dict(charset_errors(decoded_events))
+    decoded: list[SourceRecord] = []
+    events: list[Event] = []
+    fresh: list[Event] = []
+    fresh_at: list[int] = []  # positions of the fresh (not replayed) events in ``events``
+    for position, (record, event) in enumerate(zip(candidates, decoded_events, strict=True)):
+        replayed = record.offset <= watermark
+        if position in bad:
+            _contract_failure(record, bad[position], replayed=replayed, topic=topic,
+                              partition=partition, dead_letter=dead_letter)
             continue
         if not replayed:  # a replayed record's first verdict was valid: it stays valid
             fresh_at.append(len(events))
@@ -382,6 +391,18 @@ def _decode_and_check(
     for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
         verdicts[at] = reason
     return decoded, events, verdicts, already
+
+
+def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool, topic: str,
+                      partition: int, dead_letter: Callable[[SourceRecord, str], None]) -> None:
+    """Dead-letter a record that breaks the contract; below the watermark that is corruption:
+    it was valid (or dead-lettered, and skipped) the first time."""
+    if replayed:
+        raise EventrayError(
+            f"{topic}/{partition} offset {record.offset} breaks the contract "
+            f"({error.field}: {error.reason}) but is not in the dead-letter topic below "
+            "its watermark")
+    dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
 
 
 class RateMeter:

@@ -10,20 +10,95 @@ which each process builds for itself.
 
 from __future__ import annotations
 
+import operator
 import re
+import types
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 
 SCHEMA_VERSION: Final = 1
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
-AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_ID_PATTERN)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
-Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+
+class Charset:
+    """Which characters a string field may hold, as a regex character class (ASCII only):
+    every character from ``allowed``, the first one from ``first`` when given.
+
+    Why not msgspec's ``pattern``: it runs ``re`` once per value, two thirds of decoding an
+    event (1.9 of 2.7 us, four patterned fields). ``charset_errors`` checks a whole batch with
+    one ``str.translate`` over the joined values per field instead (~0.05 us per value).
+    ``pattern`` is the same rule as a regex: the JSON schema and the error messages show it.
+    """
+
+    __slots__ = ("_bad_first", "_bad_start", "_first_chars", "_strip_allowed", "pattern")
+
+    def __init__(self, allowed: str, *, first: str = "") -> None:
+        allowed_chars = _expand_class(allowed)
+        first_chars = _expand_class(first) if first else allowed_chars
+        if not set(first_chars) <= set(allowed_chars):
+            raise ValueError(f"first characters [{first}] must be a subset of [{allowed}]")
+        if "\n" in allowed_chars:
+            raise ValueError("a charset cannot allow a newline: it separates joined values")
+        # translate() with these tables deletes the good characters: anything left is bad.
+        self._strip_allowed = str.maketrans("", "", allowed_chars)
+        self._bad_first = str.maketrans("", "", first_chars) if first else None
+        self._first_chars = frozenset(first_chars)
+        # In newline-joined values, a value after the first that is empty or starts with a bad
+        # character (a literal prefix, so re scans for the newlines fast).
+        self._bad_start = re.compile(f"\n(?:[^{first}]|\\Z)") if first else None
+        self.pattern = f"^[{first}][{allowed}]*$" if first else f"^[{allowed}]*$"
+
+    def accepts(self, value: str) -> bool:
+        if value.translate(self._strip_allowed):
+            return False
+        return self._bad_first is None or (bool(value) and not value[0].translate(self._bad_first))
+
+    def accepts_all(self, values: list[str]) -> bool:
+        """Whether every value is accepted: two passes over the newline-joined values."""
+        if not values:
+            return True
+        joined = "\n".join(values)
+        # Only the separators may be left: then no value holds a bad character (a newline
+        # in a value would make one more).
+        if joined.translate(self._strip_allowed) != "\n" * (len(values) - 1):
+            return False
+        if self._bad_start is None:
+            return True
+        return joined[:1] in self._first_chars and self._bad_start.search(joined) is None
+
+    @property
+    def reason(self) -> str:
+        return f"Expected `str` matching regex {self.pattern!r}"
+
+
+def _expand_class(body: str) -> str:
+    """The ASCII characters a regex character class body matches. Letter escapes such as
+    ``\\w`` are refused: in Python they match non-ASCII characters too."""
+    if not body.isascii() or re.search(r"\\[A-Za-z]", body):
+        raise ValueError(f"character class [{body}] must be ASCII literals and ranges")
+    matcher = re.compile(f"[{body}]")
+    return "".join(c for c in map(chr, range(128)) if matcher.fullmatch(c))
+
+
+ID_CHARS: Final = Charset(r"A-Za-z0-9._:\-", first="A-Za-z0-9")
+UPPER_CASE: Final = Charset("A-Z")
+
+
+def _lengths(charset: Charset, min_length: int, max_length: int) -> msgspec.Meta:
+    """msgspec checks the lengths; the schema also shows the charset's pattern (the charset
+    itself, the next ``Annotated`` item, is checked by ``charset_errors``)."""
+    return msgspec.Meta(min_length=min_length, max_length=max_length,
+                        extra_json_schema={"pattern": charset.pattern})
+
+
+EventId = Annotated[str, _lengths(ID_CHARS, 1, 128), ID_CHARS]
+AccountId = Annotated[str, _lengths(ID_CHARS, 1, 64), ID_CHARS]
+Currency = Annotated[str, _lengths(UPPER_CASE, 3, 3), UPPER_CASE]
+Country = Annotated[str, _lengths(UPPER_CASE, 2, 2), UPPER_CASE]
 # Minor units (cents); the bound keeps values exact in JSON doubles and Snowflake NUMBER(38,0).
 AmountMinor = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
@@ -119,20 +194,108 @@ def describe_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldE
     return FieldError(match["path"] or "$", match["reason"])
 
 
+class _CharsetField(NamedTuple):
+    path: str  # JSON path, as in msgspec's messages: ``$.body.currency``
+    get: Callable[[Any], Any]
+    charset: Charset
+    optional: bool
+
+
+def _charset_fields(cls: type[msgspec.Struct], prefix: str = "$",
+                    attrs: str = "") -> list[_CharsetField]:
+    """The string fields of ``cls`` (and of its nested Structs) annotated with a Charset."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    found: list[_CharsetField] = []
+    for name, encoded in zip(cls.__struct_fields__, cls.__struct_encode_fields__, strict=True):
+        hint, optional = hints[name], False
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint, optional = options[0], True
+            if len(options) != 1:
+                raise TypeError(f"{cls.__name__}.{name}: only `X | None` unions are supported")
+        path, attr = f"{prefix}.{encoded}", f"{attrs}{name}"
+        if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            if optional:
+                raise TypeError(f"{cls.__name__}.{name}: an optional nested Struct is not "
+                                "supported by the charset check")
+            found += _charset_fields(hint, path, f"{attr}.")
+            continue
+        charsets = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Charset)]
+        if charsets:
+            found.append(_CharsetField(path, operator.attrgetter(attr), charsets[0], optional))
+    return found
+
+
+_CHARSET_FIELDS: Final = {cls: tuple(_charset_fields(cls)) for cls in EVENT_TYPES}
+
+
+def charset_error(event: Event) -> FieldError | None:
+    """The first field of ``event`` whose characters break its Charset, if any."""
+    for field in _CHARSET_FIELDS[type(event)]:
+        value = field.get(event)
+        if value is not None and not field.charset.accepts(value):
+            return FieldError(field.path, field.charset.reason)
+    return None
+
+
+def charset_errors(events: Sequence[Event]) -> list[tuple[int, FieldError]]:
+    """``(position, first bad field)`` of each event in ``events`` whose characters break a
+    Charset, by position. One ``str.translate`` per field and event type over the whole
+    batch; the values are looked at one by one only when that pass found a bad one."""
+    kinds = set(map(type, events))
+    if len(kinds) == 1:
+        groups: list[tuple[type, Sequence[Event], Sequence[int]]] = [
+            (kinds.pop(), events, range(len(events)))]
+    else:
+        positions: dict[type, list[int]] = {}
+        for position, event in enumerate(events):
+            positions.setdefault(type(event), []).append(position)
+        groups = [(kind, [events[p] for p in at], at) for kind, at in positions.items()]
+    errors: dict[int, FieldError] = {}
+    for kind, members, at in groups:
+        for field in _CHARSET_FIELDS[kind]:
+            values = list(map(field.get, members))
+            present = [v for v in values if v is not None] if field.optional else values
+            if field.charset.accepts_all(present):
+                continue
+            for position, value in zip(at, values, strict=True):
+                if value is not None and not field.charset.accepts(value):
+                    errors.setdefault(position, FieldError(field.path, field.charset.reason))
+    return sorted(errors.items())
+
+
 class EventCodec:
-    """Decoders and encoder for the contract. Not picklable: build one per process."""
+    """Decoders and encoder for the contract. Not picklable: build one per process.
+
+    ``decode_json`` and ``decode_msgpack`` check one event completely. The ``*_unchecked``
+    decoders check everything but the Charsets, for batches: follow them with
+    ``charset_errors`` over the decoded events."""
 
     def __init__(self) -> None:
-        self.json_event: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+        self.json_unchecked: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
         self.json_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
-        self.msgpack_event: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
+        self.msgpack_unchecked: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
         self.msgpack_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+        # Whole batches in one call, as far as the Charsets (a third of the per-item cost).
+        self.json_event_list = msgspec.json.Decoder(list[Event])
+        self.msgpack_event_list = msgspec.msgpack.Decoder(list[Event])
         self.json_encoder = msgspec.json.Encoder()
 
     def decode_json(self, data: bytes | msgspec.Raw) -> Event:
         """Decode one JSON event; raises ``msgspec.ValidationError``/``DecodeError``."""
-        return self.json_event.decode(data)
+        return _whole(self.json_unchecked.decode(data))
+
+    def decode_msgpack(self, data: bytes | msgspec.Raw) -> Event:
+        """Decode one msgpack event; raises ``msgspec.ValidationError``/``DecodeError``."""
+        return _whole(self.msgpack_unchecked.decode(data))
 
     def encode(self, event: Event) -> bytes:
         """The canonical JSON bytes of an event, as written to Kafka."""
         return self.json_encoder.encode(event)
+
+
+def _whole(event: Event) -> Event:
+    error = charset_error(event)
+    if error is not None:
+        raise msgspec.ValidationError(f"{error.reason} - at `{error.field}`")
+    return event

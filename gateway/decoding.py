@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from actors.contract import Event, EventCodec, describe_error
+from actors.contract import Event, EventCodec, charset_errors, describe_error
 from gateway.exceptions import Problem, RequestRejectedError
 
 
@@ -88,37 +88,74 @@ class BodyDecoder:
             raise _contract([Problem(0, "$", "empty body")])
         try:
             if media is MediaType.MSGPACK:
-                return self._codec.msgpack_event.decode(body)
+                return self._codec.decode_msgpack(body)
             return self._codec.decode_json(body)
         except _DecodeFailure as exc:
             raise _contract([_problem(0, exc)]) from None
 
     def decode_batch(self, body: bytes, media: MediaType) -> list[Event]:
         """A whole batch, all or nothing; raises ``RequestRejectedError`` (400 or 413)."""
-        items = self._split(body, media)
-        if not items:
-            raise _contract([Problem(None, "$", "empty batch: send at least one event")])
-        if len(items) > self._max_events:
-            raise RequestRejectedError(
-                413, "too_many_events",
-                f"{len(items)} events in one request, the limit is {self._max_events}",
-                [Problem(None, "$", f"{len(items)} events > limit {self._max_events}")],
-                events=len(items),
-            )
-        decode = (self._codec.msgpack_event.decode if media is MediaType.MSGPACK
-                  else self._codec.json_event.decode)
+        events = self._decode_whole(body, media)
+        if events is not None:
+            count = len(events)
+            self._check_count(count)
+            problems = [Problem(at, error.field, error.reason)
+                        for at, error in charset_errors(events)]
+        else:
+            items = self._split(body, media)
+            count = len(items)
+            self._check_count(count)
+            events, problems = self._decode_items(items, media)
+        if not problems:
+            problems = _duplicates(events)
+        if problems:
+            raise _contract(problems, events=count)
+        return events
+
+    def _decode_whole(self, body: bytes, media: MediaType) -> list[Event] | None:
+        """The fast path: a JSON or msgpack array decoded in one call (a third of the cost of
+        item by item); None when anything in it is wrong, or for NDJSON."""
+        try:
+            if media is MediaType.JSON:
+                return self._codec.json_event_list.decode(body)
+            if media is MediaType.MSGPACK:
+                return self._codec.msgpack_event_list.decode(body)
+        except _DecodeFailure:
+            pass  # decoded again item by item, to name every problem
+        return None
+
+    def _decode_items(self, items: list[msgspec.Raw] | list[bytes],
+                      media: MediaType) -> tuple[list[Event], list[Problem]]:
+        """Each item on its own: the events that decoded and every problem found."""
+        decode = (self._codec.msgpack_unchecked.decode if media is MediaType.MSGPACK
+                  else self._codec.json_unchecked.decode)
         events: list[Event] = []
+        indexes: list[int] = []  # the item index of each decoded event
         problems: list[Problem] = []
         for index, item in enumerate(items):
             try:
                 events.append(decode(item))
             except _DecodeFailure as exc:
                 problems.append(_problem(index, exc))
-        if not problems:
-            problems = _duplicates(events)
-        if problems:
-            raise _contract(problems, events=len(items))
-        return events
+            else:
+                indexes.append(index)
+        bad_chars = charset_errors(events)
+        if bad_chars:
+            problems += [Problem(indexes[at], error.field, error.reason)
+                         for at, error in bad_chars]
+            problems.sort(key=lambda problem: problem.index or 0)
+        return events, problems
+
+    def _check_count(self, count: int) -> None:
+        if not count:
+            raise _contract([Problem(None, "$", "empty batch: send at least one event")])
+        if count > self._max_events:
+            raise RequestRejectedError(
+                413, "too_many_events",
+                f"{count} events in one request, the limit is {self._max_events}",
+                [Problem(None, "$", f"{count} events > limit {self._max_events}")],
+                events=count,
+            )
 
     def _split(self, body: bytes, media: MediaType) -> list[msgspec.Raw] | list[bytes]:
         if media is MediaType.NDJSON:

@@ -350,3 +350,24 @@ def test_rows_carry_the_tag_and_lineage_of_each_event_type() -> None:
                                offset=o, request_id="req-1", accepted_at_ms=NOW_MS)
                 for o, e in ((0, payment("e-1")), (1, account))]
     assert result.batch.rows_json == encode_rows(expected)
+
+
+def test_a_bad_character_in_an_id_is_a_contract_dead_letter_naming_the_field() -> None:
+    # Charsets are checked for the whole batch after decoding: the bad record goes to the
+    # dead-letter topic with its field, the good ones around it are written.
+    bad_id = rec(31, payment("e bad"))  # a space: not in the id charset
+    bad_currency = record(32, CODEC.encode(payment("e-32")).replace(b'"EUR"', b'"eu1"'),
+                          accepted_at_ms=NOW_MS)
+    result = plan([rec(30, payment("e-30")), bad_id, bad_currency, rec(33, payment("e-33"))],
+                  next_from=30)
+    assert written_offsets(result.batch.rows_json) == [30, 33]
+    reasons = {d.source_offset: d.reason for d in result.dead_letters}
+    assert reasons[31].startswith("contract: $.event_id: Expected `str` matching regex")
+    assert reasons[32].startswith("contract: $.body.currency: Expected `str` matching regex")
+    assert result.rejected == {"contract": 2}
+
+
+def test_replay_refuses_a_bad_charset_record_missing_from_the_dlq() -> None:
+    with pytest.raises(EventrayError, match=r"\$\.event_id.*not in the dead-letter topic"):
+        plan([rec(5, payment("e bad"))], next_from=5,
+             recovered=Recovered(watermark=9, offsets=frozenset({9})))

@@ -1,16 +1,26 @@
 from __future__ import annotations
 
 import pickle
+import re
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.contract import (
     EVENT_TYPES,
+    ID_CHARS,
+    UPPER_CASE,
+    AccountBody,
     AccountUpdated,
+    Charset,
     EventCodec,
+    FieldError,
+    PaymentBody,
     PaymentCaptured,
+    charset_errors,
     describe_error,
     event_type,
 )
@@ -95,3 +105,55 @@ def test_decoded_events_are_not_tracked_by_the_cyclic_gc() -> None:
     assert isinstance(event, PaymentCaptured)
     assert not gc.is_tracked(event)
     assert not gc.is_tracked(event.body)
+
+
+# Characters near every edge of the charsets, plus separators and non-ASCII look-alikes.
+_TRICKY = st.text(alphabet=st.sampled_from(
+    "aZz09AM._:-/ \n\x00\u00e9\u0130\u212a\uff21\u0660" + "".join(map(chr, range(32, 127)))),
+    max_size=8)
+
+
+@pytest.mark.parametrize("charset", [ID_CHARS, UPPER_CASE])
+@given(values=st.lists(_TRICKY, max_size=6))
+def test_charsets_accept_exactly_what_their_pattern_matches(
+        charset: Charset, values: list[str]) -> None:
+    # The pattern is what the schema and errors show; the translate-based check must agree.
+    pattern = re.compile(charset.pattern)
+    expected = [pattern.fullmatch(v) is not None for v in values]
+    assert [charset.accepts(v) for v in values] == expected
+    assert charset.accepts_all(values) == all(expected)
+
+
+def test_a_charset_refuses_unicode_class_escapes_and_a_first_set_outside_it() -> None:
+    with pytest.raises(ValueError, match="ASCII literals"):
+        Charset(r"\w")
+    with pytest.raises(ValueError, match="subset"):
+        Charset("a-z", first="A-Z")
+
+
+def test_charset_errors_name_the_first_bad_field_of_each_event_of_every_type() -> None:
+    def payment(event_id: str, currency: str = "EUR") -> PaymentCaptured:
+        return PaymentCaptured(event_id=event_id, account_id="a-1", occurred_at=datetime.now(UTC),
+                               body=PaymentBody(amount_minor=1, currency=currency,
+                                                merchant_id="m-1"))
+
+    account = AccountUpdated(event_id="e-9", account_id="a-1", occurred_at=datetime.now(UTC),
+                             body=AccountBody(country="d\u00e9"))
+    events = [payment("e-1"), payment("e 2", currency="eur"), account, payment("e-4", "US$")]
+    assert charset_errors(events) == [
+        (1, FieldError("$.event_id", ID_CHARS.reason)),
+        (2, FieldError("$.body.country", UPPER_CASE.reason)),
+        (3, FieldError("$.body.currency", UPPER_CASE.reason)),
+    ]
+    assert charset_errors([payment("e-1"), account]) == [
+        (1, FieldError("$.body.country", UPPER_CASE.reason))]
+    assert charset_errors([]) == []
+
+
+def test_the_schema_still_shows_each_pattern() -> None:
+    schema = msgspec.json.schema(PaymentCaptured)
+    body = schema["$defs"]["PaymentBody"]["properties"]
+    assert body["currency"] == {"type": "string", "minLength": 3, "maxLength": 3,
+                                "pattern": "^[A-Z]*$"}
+    envelope = schema["$defs"]["PaymentCaptured"]["properties"]
+    assert envelope["event_id"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._:\\-]*$"

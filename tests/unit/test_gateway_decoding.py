@@ -84,6 +84,26 @@ def test_one_bad_event_refuses_the_whole_batch_listing_each_problem(
     assert "colour" in exc.problems[1].reason
 
 
+def test_bad_characters_are_listed_with_decode_errors_in_index_order(
+        decoder: BodyDecoder) -> None:
+    # Decode errors are found per event, character errors for the whole batch afterwards:
+    # the answer still lists them all, by index, with the pattern that was broken.
+    wrong_type = event(1, account_id=7)
+    bad_id = event(2, account_id="acct 2")
+    body = msgspec.json.encode([bad_id, wrong_type, event(3, event_id="-3")])
+    exc = rejected(decoder.decode_batch, body, MediaType.JSON)
+    assert [(p.index, p.field) for p in exc.problems] == [
+        (0, "$.account_id"), (1, "$.account_id"), (2, "$.event_id")]
+    assert exc.problems[0].reason.startswith("Expected `str` matching regex '^[A-Za-z0-9][")
+    assert "Expected `str`, got `int`" in exc.problems[1].reason
+
+
+def test_a_single_msgpack_event_gets_its_characters_checked(decoder: BodyDecoder) -> None:
+    body = msgspec.msgpack.encode(event(1, account_id="acct/1"))
+    exc = rejected(decoder.decode_one, body, MediaType.MSGPACK)
+    assert [(p.index, p.field) for p in exc.problems] == [(0, "$.account_id")]
+
+
 def test_a_repeated_event_id_in_one_batch_is_refused(decoder: BodyDecoder) -> None:
     body = msgspec.json.encode([event(1), event(2), event(1)])
     exc = rejected(decoder.decode_batch, body, MediaType.JSON)
