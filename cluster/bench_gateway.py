@@ -1,10 +1,11 @@
 """``eventray bench gateway``: HTTP -> Kafka through Ray Serve vs plain uvicorn vs no HTTP.
 
 One run, one Kafka, the same app: (1) a plain produce loop (the producer's ceiling), (2) the
-app under plain uvicorn in a subprocess, (3) the app deployed on Ray Serve (HAProxy ingress,
-throughput-optimized) in an in-process Ray instance. Each HTTP setup gets two phases: 1-event
-requests and 1000-event requests, driven by a load generator in its own process (raw asyncio
-HTTP/1.1 with keep-alive at a fixed concurrency). Setups run one after the other so they do
+app under plain uvicorn in ``--replicas`` subprocesses, (3) the app deployed on Ray Serve
+(HAProxy ingress, throughput-optimized, ``--replicas`` replicas) in an in-process Ray
+instance. Each HTTP setup gets two phases: 1-event requests and 1000-event requests, driven
+by a load generator in its own process (raw asyncio HTTP/1.1 with keep-alive at a fixed
+concurrency). Setups run one after the other so they do
 not compete for the CPUs. Loopback only; every phase is bounded by time and request count.
 """
 
@@ -43,6 +44,8 @@ from actors.contract import (
     PaymentCaptured,
 )
 from actors.exceptions import EventrayError
+from cluster.cpu_usage import OWN_ROLE, usage_between
+from cluster.cpu_usage import snapshot as cpu_snapshot
 from cluster.local_ray import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from gateway.config import GatewayConfig, ServeConfig
@@ -70,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="records of the plain produce loop")
     parser.add_argument("--rounds", type=_positive_int, default=3,
                         help="runs of every phase; the median one is reported")
-    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas")
+    parser.add_argument("--replicas", type=_positive_int, default=1,
+                        help="Serve replicas, and as many plain uvicorn processes")
     parser.add_argument("--skip", choices=["serve", "raw"], action="append", default=[])
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
 
@@ -107,7 +111,7 @@ def _bodies(kind: str, batch_size: int) -> list[bytes]:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    url: str
+    urls: tuple[str, ...]  # connections are spread over them (several uvicorn processes)
     kind: str  # "single" | "batch"
     batch_size: int
     concurrency: int
@@ -124,6 +128,8 @@ class PhaseResult(msgspec.Struct):
     p50_ms: float
     p99_ms: float
     rounds: list[float] = []  # events/s of every round when this is the median one
+    # CPU seconds by role over the measured window (every process on the machine).
+    cpu_s: dict[str, float] = {}
 
     @property
     def events_per_s(self) -> float:
@@ -150,15 +156,17 @@ def _load_process(spec: LoadSpec, conn: Connection) -> None:
 
 
 async def _drive(spec: LoadSpec) -> PhaseResult:
-    host_port = spec.url.removeprefix("http://").split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
     path = "/v1/events" if spec.kind == "single" else "/v1/events/batch"
     per_request = 1 if spec.kind == "single" else spec.batch_size
-    requests = [
-        (f"POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\n"
-         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        for body in _bodies(spec.kind, spec.batch_size)
-    ]
+    bodies = _bodies(spec.kind, spec.batch_size)
+    targets: list[tuple[str, int, list[bytes]]] = []  # (host, port, ready requests) per URL
+    for url in spec.urls:
+        host_port = url.removeprefix("http://").split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        targets.append((host, int(port), [
+            (f"POST {path} HTTP/1.1\r\nHost: {host_port}\r\n"
+             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+             ).encode() + body for body in bodies]))
     latencies: list[float] = []
     errors: dict[str, int] = {}
     counter = [0]
@@ -166,7 +174,8 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
     stop_at = [float("inf")]
 
     async def connection(worker: int) -> None:
-        reader, writer = await asyncio.open_connection(host, int(port))
+        host, port, requests = targets[worker % len(targets)]
+        reader, writer = await asyncio.open_connection(host, port)
         n = worker
         try:
             while time.perf_counter() < stop_at[0] and counter[0] < spec.max_requests:
@@ -180,7 +189,7 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
                     # e.g. when a replica joins): count it and reconnect, as an HTTP client does.
                     status = "closed"
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, int(port))
+                    reader, writer = await asyncio.open_connection(host, port)
                 if measuring[0]:
                     if status == "202":
                         latencies.append(time.perf_counter() - started)
@@ -192,11 +201,13 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
 
     workers = [asyncio.create_task(connection(i)) for i in range(spec.concurrency)]
     await asyncio.sleep(spec.warmup_s)
+    cpu_before = cpu_snapshot(time.perf_counter())  # here, while every process runs
     measuring[0] = True
     begin = time.perf_counter()
     stop_at[0] = begin + spec.duration_s
     await asyncio.gather(*workers)
     elapsed = time.perf_counter() - begin
+    cpu = usage_between(cpu_before, cpu_snapshot(time.perf_counter()))
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -204,7 +215,22 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
             else 0.0
 
     return PhaseResult(len(latencies), len(latencies) * per_request, errors, elapsed,
-                       pct(0.50), pct(0.99))
+                       pct(0.50), pct(0.99), cpu_s=_relabel(cpu.by_role, "load generator"))
+
+
+def _relabel(by_role: dict[str, float], own: str) -> dict[str, float]:
+    """``by_role`` with the measuring process's role named after what it does here."""
+    renamed = dict(by_role)
+    if OWN_ROLE in renamed:
+        renamed[own] = renamed.pop(OWN_ROLE)
+    return renamed
+
+
+def cpu_per_event(cpu_s: dict[str, float], events: int) -> dict[str, float]:
+    """CPU microseconds per event by role, largest first, roles under 0.05 us left out."""
+    per_event = {role: secs / events * 1e6 for role, secs in cpu_s.items() if events}
+    return {role: round(us, 2) for role, us in sorted(per_event.items(), key=lambda i: -i[1])
+            if us >= 0.05}
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -242,9 +268,14 @@ def run_load(spec: LoadSpec) -> PhaseResult:
 # -- the three setups -----------------------------------------------------------------------
 
 
-def produce_ceiling(config: GatewayConfig, count: int) -> float:
-    """Events/s of a plain produce loop: same producer settings, records and headers as the
-    gateway writes, delivery callbacks counted, no HTTP."""
+class LoopResult(msgspec.Struct, frozen=True):
+    events_per_s: float
+    cpu_s: dict[str, float]  # CPU seconds by role while the loop ran
+
+
+def produce_ceiling(config: GatewayConfig, count: int) -> LoopResult:
+    """A plain produce loop: same producer settings, records and headers as the gateway
+    writes, delivery callbacks counted, no HTTP."""
     from confluent_kafka import Producer
 
     codec = EventCodec()
@@ -268,6 +299,7 @@ def produce_ceiling(config: GatewayConfig, count: int) -> float:
         producer.produce(topic, values[n % len(values)], keys[n % len(keys)], headers=headers)
     producer.flush(60)
     started = time.perf_counter()
+    cpu_before = cpu_snapshot(started)
     for n in range(count):
         i = n % len(values)
         while True:
@@ -280,20 +312,21 @@ def produce_ceiling(config: GatewayConfig, count: int) -> float:
         if n % 1000 == 0:
             producer.poll(0)
     left = producer.flush(60)
-    elapsed = time.perf_counter() - started
+    finished = time.perf_counter()
+    cpu = usage_between(cpu_before, cpu_snapshot(finished))
     if left or done[1]:
         raise BenchError(f"produce loop: {left} unsent, {done[1]} failed deliveries")
-    return count / elapsed
+    return LoopResult(count / (finished - started), _relabel(cpu.by_role, "produce loop"))
 
 
-def _phases(url: str, args: argparse.Namespace) -> dict[str, PhaseResult]:
+def _phases(urls: tuple[str, ...], args: argparse.Namespace) -> dict[str, PhaseResult]:
     """Each phase ``args.rounds`` times, 1-event and batch phases alternating; per kind the
     round with the median events/s (one noisy phase on a shared 2-core machine moves the
     figure by 15-25%), carrying every round's events/s in ``rounds``."""
     common = {"duration_s": args.duration, "warmup_s": args.warmup,
               "max_requests": args.max_requests, "batch_size": args.batch_size}
-    specs = {"single": LoadSpec(url, "single", concurrency=args.single_concurrency, **common),
-             "batch": LoadSpec(url, "batch", concurrency=args.batch_concurrency, **common)}
+    specs = {"single": LoadSpec(urls, "single", concurrency=args.single_concurrency, **common),
+             "batch": LoadSpec(urls, "batch", concurrency=args.batch_concurrency, **common)}
     runs: dict[str, list[PhaseResult]] = {kind: [] for kind in specs}
     for _ in range(args.rounds):
         for kind, spec in specs.items():
@@ -312,31 +345,38 @@ def _lower_median(items: list[_T], key: Callable[[_T], float]) -> _T:
 
 
 def raw_uvicorn(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
-    """The same app under plain uvicorn, one process, started as a subprocess."""
+    """The same app under plain uvicorn: as many processes as Serve gets replicas, each
+    started as a subprocess on its own port; the load generator spreads its connections."""
     from cluster.processes import free_port
 
-    config = msgspec.structs.replace(config, port=free_port())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.server"], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": _pythonpath()},
-    )
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(encode_config(config))
-        process.stdin.close()
-        line = process.stdout.readline().decode().strip()
-        if not line.startswith("listening on "):
-            raise BenchError(f"uvicorn gateway did not start: {line!r}")
-        url = line.removeprefix("listening on ")
-        _wait_ready(url)
-        return _phases(url, args)
+        urls: list[str] = []
+        for _ in range(args.replicas):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.server"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": _pythonpath()},
+            )
+            processes.append(process)
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(encode_config(msgspec.structs.replace(config, port=free_port())))
+            process.stdin.close()
+            line = process.stdout.readline().decode().strip()
+            if not line.startswith("listening on "):
+                raise BenchError(f"uvicorn gateway did not start: {line!r}")
+            urls.append(line.removeprefix("listening on "))
+        for url in urls:
+            _wait_ready(url)
+        return _phases(tuple(urls), args)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
@@ -361,7 +401,7 @@ def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Phas
         if config.serve.haproxy and not haproxy_pids(env.get(
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")):
             raise BenchError("HAProxy ingress was requested but no haproxy process runs")
-        return _phases(url, args)
+        return _phases((url,), args)
     finally:
         try:
             _serve.shutdown()  # type: ignore[no-untyped-call]
@@ -432,13 +472,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             serve=msgspec.structs.replace(base.serve, app_name="eventray-bench-gateway",
                                           num_replicas=args.replicas, autoscaling=False),
         )
-        print(f"plain produce loop: {args.produce_events:,} records x {args.rounds} ...",
-              flush=True)
+        print(f"plain produce loop: {args.produce_events:,} records x {args.rounds} "
+              "(after one unmeasured round) ...", flush=True)
+        # A fresh broker's JVM is still compiling: measured before that, the first rounds
+        # ran at 60-70% of a warm one's rate and flattered every ratio against the loop.
+        produce_ceiling(config, args.produce_events)
         produced = [produce_ceiling(config, args.produce_events) for _ in range(args.rounds)]
-        ceiling = _lower_median(produced, key=float)
+        loop = _lower_median(produced, key=lambda result: result.events_per_s)
         results: dict[str, dict[str, PhaseResult]] = {}
         if "raw" not in args.skip:
-            print("plain uvicorn (1 process) ...", flush=True)
+            print(f"plain uvicorn ({args.replicas} process(es)) ...", flush=True)
             results["raw"] = raw_uvicorn(config, args)
         if "serve" not in args.skip:
             print(f"Ray Serve ({args.replicas} replica(s), {_mode(config.serve)}) ...",
@@ -448,9 +491,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if kafka is not None:
             kafka.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    summary = _summary(results, ceiling)
-    summary["raw_produce_rounds_events_per_s"] = [round(v, 1) for v in produced]
-    _print(results, ceiling, summary, args)
+    summary = _summary(results, loop, args.produce_events)
+    summary["raw_produce_rounds_events_per_s"] = [round(r.events_per_s, 1) for r in produced]
+    summary["replicas"] = args.replicas
+    _print(results, loop.events_per_s, summary, args)
     if args.json:
         Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return 0
@@ -463,7 +507,9 @@ def _mode(serve: ServeConfig) -> str:
     return ", ".join(parts)
 
 
-def _summary(results: dict[str, dict[str, PhaseResult]], ceiling: float) -> dict[str, Any]:
+def _summary(results: dict[str, dict[str, PhaseResult]], loop: LoopResult,
+             loop_events: int) -> dict[str, Any]:
+    ceiling = loop.events_per_s
     summary: dict[str, Any] = {}
     for kind in ("single", "batch"):
         serve = results.get("serve", {}).get(kind)
@@ -483,12 +529,21 @@ def _summary(results: dict[str, dict[str, PhaseResult]], ceiling: float) -> dict
             "raw_errors": raw.errors if raw else None,
             "serve_rounds_events_per_s": [round(v, 1) for v in serve.rounds] if serve else None,
             "raw_rounds_events_per_s": [round(v, 1) for v in raw.rounds] if raw else None,
+            "serve_cpu_us_per_event": cpu_per_event(serve.cpu_s, serve.events) if serve
+            else None,
+            "raw_cpu_us_per_event": cpu_per_event(raw.cpu_s, raw.events) if raw else None,
         })
         summary[kind] = entry
     summary["raw_produce_events_per_s"] = round(ceiling, 1)
+    summary["raw_produce_cpu_us_per_event"] = cpu_per_event(loop.cpu_s, loop_events)
     batch_serve = summary["batch"]["serve_events_per_s"]
     summary["batch_serve_vs_produce"] = round(batch_serve / ceiling, 3) if batch_serve else None
     return summary
+
+
+def _cpu_line(per_event: dict[str, float]) -> str:
+    total = sum(per_event.values())
+    return f"{total:.1f} = " + ", ".join(f"{role} {us:.1f}" for role, us in per_event.items())
 
 
 def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
@@ -505,9 +560,12 @@ def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
                   f"{phase.requests_per_s:>10,.0f}{phase.events_per_s:>12,.0f}"
                   f"{phase.p50_ms:>9.2f}{phase.p99_ms:>9.2f}  {phase.errors or '-'}"
                   f"  (rounds, events/s: {spread})")
+            kind_summary = summary[kind][f"{setup}_cpu_us_per_event"]
+            print(f"{'':<16}cpu µs/event: {_cpu_line(kind_summary)}")
     produced = ", ".join(f"{v:,.0f}" for v in summary["raw_produce_rounds_events_per_s"])
     print(f"{'produce loop':<16}{'-':<12}{'-':>5}{'-':>10}{ceiling:>12,.0f}"
           f"{'':>36}(rounds, events/s: {produced})")
+    print(f"{'':<16}cpu µs/event: {_cpu_line(summary['raw_produce_cpu_us_per_event'])}")
     print()
 
     def verdict(value: float | None, target: float) -> str:

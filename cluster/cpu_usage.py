@@ -34,11 +34,12 @@ ROLES: Final[tuple[tuple[str, str], ...]] = (
     ("ray::", "other ray workers"),
 )
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+OWN_ROLE: Final = "benchmark driver (load generator)"  # the process taking the snapshots
 
 
 def role_of(cmdline: str, own_pid: bool) -> str:
     if own_pid:
-        return "benchmark driver (load generator)"
+        return OWN_ROLE
     return next((role for needle, role in ROLES if needle in cmdline), "other")
 
 

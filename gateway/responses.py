@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 
 
-class DeliveredEvent(msgspec.Struct, frozen=True):
-    """Where Kafka stored one accepted event."""
+class DeliveredEvent(msgspec.Struct, frozen=True, gc=False):
+    """Where Kafka stored one accepted event. ``gc=False``: scalars only, and a 202 holds
+    one per event; untracked, they do not drive the cyclic GC."""
 
     index: int
     event_id: str
