@@ -67,7 +67,9 @@ def _problem(index: int | None, exc: BaseException) -> Problem:
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         error = describe_error(exc)
         reason = error.reason
-        if isinstance(exc, msgspec.DecodeError) and not reason.startswith("malformed"):
+        # ValidationError subclasses DecodeError: only a body that does not parse is malformed.
+        malformed = not isinstance(exc, msgspec.ValidationError)
+        if malformed and not reason.startswith("malformed"):
             reason = f"malformed {'body' if index is None else 'event'}: {reason}"
         return Problem(index, error.field, reason)
     if isinstance(exc, UnicodeDecodeError):

@@ -5,9 +5,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.contract import EventCodec, PaymentCaptured
-from gateway.decoding import BodyDecoder, MediaType, parse_media_type
+from gateway.decoding import BodyDecoder, MediaType, _problem, parse_media_type
 from gateway.exceptions import Problem, RequestRejectedError
 
 GOOD: dict[str, Any] = {
@@ -150,3 +152,57 @@ def test_batch_level_problems_have_no_index(
     assert exc.status == 400
     assert exc.problems[0].index is None
     assert reason_part in exc.problems[0].reason
+
+
+_MUTATIONS: dict[str, Any] = {
+    "valid": lambda doc: doc,
+    "space_in_id": lambda doc: {**doc, "account_id": "acct 1"},
+    "bad_first_char": lambda doc: {**doc, "event_id": "-" + doc["event_id"]},
+    "newline_in_id": lambda doc: {**doc, "event_id": doc["event_id"] + "\n"},
+    "lower_currency": lambda doc: {**doc, "body": {**doc["body"], "currency": "eur"}},
+    "wrong_type": lambda doc: {**doc, "body": {**doc["body"], "amount_minor": "1"}},
+    "unknown_field": lambda doc: {**doc, "colour": "red"},
+    "missing_field": lambda doc: {k: v for k, v in doc.items() if k != "occurred_at"},
+}
+
+
+@given(kinds=st.lists(st.sampled_from(sorted(_MUTATIONS)), min_size=1, max_size=5),
+       media=st.sampled_from([MediaType.JSON, MediaType.NDJSON, MediaType.MSGPACK]),
+       repeat_first=st.booleans())
+def test_a_batch_is_judged_exactly_like_its_events_one_by_one(
+        kinds: list[str], media: MediaType, repeat_first: bool) -> None:
+    # The batch path decodes the whole body at once and checks charsets for all events
+    # together; whatever it decides must be what decoding each event alone decides.
+    codec = EventCodec()
+    docs = [_MUTATIONS[kind](event(n)) for n, kind in enumerate(kinds)]
+    if repeat_first:
+        docs.append(docs[0])
+    items = [msgspec.msgpack.encode(d) if media is MediaType.MSGPACK else msgspec.json.encode(d)
+             for d in docs]
+    body = (msgspec.msgpack.encode(docs) if media is MediaType.MSGPACK
+            else b"\n".join(items) if media is MediaType.NDJSON else msgspec.json.encode(docs))
+    one = codec.decode_msgpack if media is MediaType.MSGPACK else codec.decode_json
+    expected_events, expected_problems = [], []
+    for index, item in enumerate(items):
+        try:
+            expected_events.append(one(item))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            expected_problems.append(_problem(index, exc))
+    decoder = BodyDecoder(codec, max_events=10)
+    if expected_problems:
+        assert rejected(decoder.decode_batch, body, media).problems == expected_problems
+    elif repeat_first:
+        problems = rejected(decoder.decode_batch, body, media).problems
+        assert [(p.index, p.field) for p in problems] == [(len(docs) - 1, "$.event_id")]
+    else:
+        assert decoder.decode_batch(body, media) == expected_events
+
+
+def test_only_unparseable_events_are_called_malformed(decoder: BodyDecoder) -> None:
+    body = b'[' + msgspec.json.encode(event(1, event_id=7)) + b', {"type": ]'
+    assert rejected(decoder.decode_batch, body, MediaType.JSON).problems[0].reason.startswith(
+        "malformed body")
+    ndjson = msgspec.json.encode(event(1, event_id=7)) + b'\n{"type": \n'
+    problems = rejected(decoder.decode_batch, ndjson, MediaType.NDJSON).problems
+    assert problems[0].reason == "Expected `str`, got `int`"
+    assert problems[1].reason.startswith("malformed event: ")
