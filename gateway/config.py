@@ -71,3 +71,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topics: TopicsConfig = TopicsConfig()
     producer: ProducerTuning = ProducerTuning()
     serve: ServeConfig = ServeConfig()
+
+    def __post_init__(self) -> None:
+        # A request the producer queue could never hold would get 429 forever.
+        if self.max_events_per_request > self.producer.queue_max_messages:
+            raise ValueError(
+                f"max_events_per_request ({self.max_events_per_request}) exceeds "
+                f"producer.queue_max_messages ({self.producer.queue_max_messages})")

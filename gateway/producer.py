@@ -233,19 +233,33 @@ class DeliveryProducer:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop, count)
         waiter.timer = loop.call_later(self._deadline_s, waiter._finish)
+        give_up_at = loop.time() + self._deadline_s
         topic, produce, delivered = self._topic, client.produce, waiter.delivered
         self._waiting += 1
         try:
-            try:
-                for index in range(count):
-                    produce(topic, values[index], keys[index], headers=headers,
-                            on_delivery=partial(delivered, index))
-            except BufferError:
-                waiter.timer.cancel()
-                raise ProducerBusyError("producer queue full") from None
-            except Exception as exc:
-                waiter.timer.cancel()
-                raise _produce_error(exc) from exc
+            index = resume_at = 0
+            while True:
+                try:
+                    for index in range(resume_at, count):
+                        produce(topic, values[index], keys[index], headers=headers,
+                                on_delivery=partial(delivered, index))
+                except BufferError:
+                    # Full in the middle (the byte bound; the count was checked above): part
+                    # of the request is queued and cannot be taken back, so wait for room
+                    # (the pump drains the queue) rather than answer 429 for a request that
+                    # is partly written.
+                    if index == 0 or loop.time() >= give_up_at:
+                        waiter.timer.cancel()
+                        raise ProducerBusyError(_busy_message(index, count)) from None
+                    if self._wake is not None:
+                        self._wake.set()
+                    await asyncio.sleep(_BUSY_POLL_S)
+                    resume_at = index
+                except Exception as exc:
+                    waiter.timer.cancel()
+                    raise _produce_error(exc) from exc
+                else:
+                    break
             if self._wake is not None:
                 self._wake.set()
             await waiter.future
@@ -293,6 +307,13 @@ class DeliveryProducer:
         if left:
             raise FlushError(f"flush left {left} records unsent after {timeout_s:g}s",
                              retriable=True)
+
+
+def _busy_message(queued: int, count: int) -> str:
+    if not queued:
+        return "producer queue full"
+    return (f"producer queue full: {queued} of the {count} records were queued and may still "
+            "be written; a retry of the same events is deduplicated by event id")
 
 
 def _delivery_error(err: KafkaErrorLike) -> KafkaUnavailableError | KafkaRejectedError:

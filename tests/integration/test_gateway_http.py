@@ -64,8 +64,8 @@ def create_topic(connection: KafkaConnection, partitions: int = 4) -> str:
 def gateway_config(connection: KafkaConnection, topic: str, **changes: Any) -> GatewayConfig:
     return GatewayConfig(
         port=0, max_body_bytes=MAX_BODY, max_events_per_request=MAX_EVENTS, kafka=connection,
-        topics=TopicsConfig(events=topic), producer=ProducerTuning(delivery_timeout_s=15.0),
-        **changes,
+        topics=TopicsConfig(events=topic),
+        producer=changes.pop("producer", ProducerTuning(delivery_timeout_s=15.0)), **changes,
     )
 
 
@@ -342,6 +342,26 @@ def test_operations_endpoints(gateway: httpx.Client, topic: str,
     missing = gateway.get("/v2/nothing")
     assert missing.status_code == 404
     assert_matches(openapi, "ErrorBody", missing.json())
+
+
+def test_a_batch_larger_than_the_byte_bound_waits_for_room_instead_of_a_partial_429(
+        kafka_connection: KafkaConnection) -> None:
+    # 50 records of ~250 bytes against a 1 KiB producer queue: produce() fills it in the middle
+    # of the request. Records already queued cannot be taken back, so the gateway waits for
+    # room (the broker acknowledges, the queue drains) and the whole request is accepted.
+    topic = create_topic(kafka_connection)
+    config = gateway_config(kafka_connection, topic,
+                            producer=ProducerTuning(delivery_timeout_s=15.0, queue_max_kbytes=1))
+    events = [event(f"bytes-{n}") for n in range(MAX_EVENTS)]
+    with serve_uvicorn(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/v1/events/batch", json=events)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["event_id"] for r in results] == [e["event_id"] for e in events]
+    last = results[-1]
+    record = read_record(kafka_connection, topic, last["partition"], last["offset"])
+    assert msgspec.json.decode(record.value())["event_id"] == events[-1]["event_id"]
+    assert sum(high_watermarks(kafka_connection, topic)) == MAX_EVENTS
 
 
 def test_readyz_is_503_when_the_topic_does_not_exist(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -50,9 +51,9 @@ def test_503_while_the_broker_is_down_then_accepted_again(own_broker: LocalKafka
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
         future.result(timeout=30)
     config = GatewayConfig(
-        port=0, kafka=connection, topics=TopicsConfig(events=topic),
+        port=0, kafka=connection, topics=TopicsConfig(events=topic), max_events_per_request=10,
         producer=ProducerTuning(delivery_timeout_s=DEADLINE_S, retry_after_s=2,
-                                readiness_timeout_s=1.0),
+                                readiness_timeout_s=1.0, queue_max_messages=15),
     )
     # The client gives up shortly after the deadline: a gateway that hangs fails the test.
     with serve_uvicorn(config) as url, \
@@ -69,6 +70,21 @@ def test_503_while_the_broker_is_down_then_accepted_again(own_broker: LocalKafka
         assert ready.status_code == 503
         assert ready.json()["status"] == "unavailable"
 
+        # 10 records wait in the producer queue (15 at most; librdkafka's count also holds
+        # its own pending requests): 10 more are 429 at once, not queued; the first 10 fail
+        # with 503 at their deadline.
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.post, "/v1/events/batch",
+                                  json=[event(200 + i) for i in range(10)])
+            _wait_for_queue(client, 10)
+            started = time.monotonic()
+            busy = client.post("/v1/events/batch", json=[event(300 + i) for i in range(10)])
+            assert time.monotonic() - started < DEADLINE_S / 2
+            assert busy.status_code == 429, busy.text
+            assert busy.headers["retry-after"] == "2"
+            assert busy.json()["error"] == "producer_busy"
+            assert waiting.result().status_code == 503
+
         own_broker.restart()
         status, attempts = 0, 0
         give_up = time.monotonic() + 90
@@ -81,3 +97,16 @@ def test_503_while_the_broker_is_down_then_accepted_again(own_broker: LocalKafka
         batch = client.post("/v1/events/batch", json=[event(1000 + i) for i in range(10)])
         assert batch.status_code == 202
         assert batch.json()["accepted"] == 10
+
+
+def _wait_for_queue(client: httpx.Client, records: int) -> None:
+    """Until the gateway's producer holds ``records`` unacknowledged records (its gauge)."""
+    give_up = time.monotonic() + DEADLINE_S / 2
+    while time.monotonic() < give_up:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("eventray_gateway_producer_queue_records ") and \
+                    float(line.split()[1]) >= records:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the producer queue never held {records} records: "
+                         + client.get("/metrics").text[-1500:])

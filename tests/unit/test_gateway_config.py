@@ -3,6 +3,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from actors.config import KafkaConnection
 from cluster.settings import load_settings
 from gateway.config import GatewayConfig, ProducerTuning, ServeConfig
@@ -66,3 +69,10 @@ def test_settings_carry_the_gateway_producer_settings() -> None:
     assert config.producer.delivery_timeout_s == 3.5
     assert config.producer.retry_after_s == 4
     assert config.kafka.bootstrap_servers == "k:9"
+
+
+def test_a_request_limit_above_the_producer_queue_is_refused() -> None:
+    # Such a request could never be queued: every attempt would be 429.
+    with pytest.raises(msgspec.ValidationError, match=r"exceeds producer\.queue_max_messages"):
+        msgspec.convert({"max_events_per_request": 100, "producer": {"queue_max_messages": 50}},
+                        GatewayConfig)
