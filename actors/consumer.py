@@ -223,7 +223,8 @@ class DedupWindow:
 
 
 class Accumulator:
-    """Collects records until a batch is full by count or bytes, or old enough."""
+    """Collects records until a batch is full by count or bytes, or old enough, or the
+    partition has nothing more for now."""
 
     def __init__(self, config: ConsumerConfig) -> None:
         self._max_events = config.batch_max_events
@@ -247,10 +248,13 @@ class Accumulator:
         self.records.extend(records)
         self.bytes += sum(record.size for record in records) if nbytes is None else nbytes
 
-    def full(self, now: float) -> bool:
+    def full(self, now: float, *, drained: bool = False) -> bool:
+        """Whether to flush now. ``drained``: the last read found no new record (the partition
+        is caught up), so waiting longer would only add latency."""
         if not self.records:
             return False
-        return (len(self.records) >= self._max_events or self.bytes >= self._max_bytes
+        return (drained or len(self.records) >= self._max_events
+                or self.bytes >= self._max_bytes
                 or (self.started is not None and now - self.started >= self._max_wait_s))
 
     def take(self) -> list[SourceRecord]:
@@ -623,7 +627,7 @@ class PartitionConsumer:
                                     timeout=cfg.consumer.poll_timeout_s)
             records, nbytes = self._records(reader, msgs)
             acc.add(records, time.monotonic(), nbytes)
-            if not acc.full(time.monotonic()):
+            if not acc.full(time.monotonic(), drained=not records):
                 continue
             now = datetime.now(UTC)
             now_ms = int(now.timestamp() * 1000)

@@ -40,10 +40,8 @@ from typing import Any
 import msgspec
 
 from actors.config import (
-    ConsumerConfig,
     KafkaConnection,
     PipelineConfig,
-    SinkConfig,
     SnowflakeConfig,
 )
 from actors.contract import (
@@ -81,15 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events in the topic")
     parser.add_argument("--invalid-share", type=float, default=0.05)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=ConsumerConfig().batch_max_events,
-                        help="events per warehouse batch (raw sink and pipeline)")
-    parser.add_argument("--pool-size", type=int, default=SinkConfig().pool_size,
-                        help="pipeline sink actors")
+    parser.add_argument("--batch-size", type=int,
+                        help="events per warehouse batch (raw sink and pipeline); default: "
+                        "pipeline.consumer.batch_max_events of the settings")
+    parser.add_argument("--pool-size", type=int,
+                        help="pipeline sink actors; default: pipeline.sink.pool_size")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
     parser.add_argument("--skip", choices=["consume", "sink", "pipeline"], action="append",
                         default=[])
     parser.add_argument("--e2e", action="store_true", help="also HTTP -> committed row")
-    parser.add_argument("--e2e-events", type=int, default=100_000)
+    # 100k events lasted ~3.5 s end to end, a third of it ramp-up and the drain of the last
+    # batches (a batch waits up to consumer.batch_max_wait_s): 300k measure the steady state.
+    parser.add_argument("--e2e-events", type=int, default=300_000)
     parser.add_argument("--e2e-batch", type=int, default=1000, help="events per HTTP request")
     parser.add_argument("--e2e-concurrency", type=int, default=4)
     parser.add_argument("--profile", metavar="PATH",
@@ -320,9 +321,12 @@ class PipelineResult(msgspec.Struct):
     cpu: CpuReport
 
 
-def _pipeline_config(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, topic: str,
-                     partitions: int, args: argparse.Namespace, tag: str) -> PipelineConfig:
-    base = PipelineConfig()
+def _pipeline_config(settings: Settings, kafka: KafkaConnection, snowflake: SnowflakeConfig, *,
+                     topic: str, partitions: int, args: argparse.Namespace,
+                     tag: str) -> PipelineConfig:
+    """The settings' pipeline (so a config file or EVENTRAY_PIPELINE__* variables are what is
+    measured) on the bench's broker, warehouse, topic and tables."""
+    base = settings.pipeline_config()
     return msgspec.structs.replace(
         base, kafka=kafka,
         topics=msgspec.structs.replace(base.topics, events=topic, dead_letter=f"{topic}.dlq",
@@ -331,7 +335,7 @@ def _pipeline_config(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, topi
                                           offsets_table=f"PIPE_OFFSETS_{tag}"),
         consumer=msgspec.structs.replace(base.consumer, group_id=f"bench-{tag.lower()}",
                                          batch_max_events=args.batch_size, num_cpus=0.1),
-        sink=SinkConfig(pool_size=args.pool_size, num_cpus=0.1),
+        sink=msgspec.structs.replace(base.sink, pool_size=args.pool_size, num_cpus=0.1),
         namespace=f"eventray-bench-{tag.lower()}",
     )
 
@@ -491,6 +495,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tag = uuid.uuid4().hex[:6].upper()
     topic = f"bench-{tag.lower()}"
+    if args.batch_size is None:
+        args.batch_size = settings.pipeline.consumer.batch_max_events
+    if args.pool_size is None:
+        args.pool_size = settings.pipeline.sink.pool_size
     out: dict[str, Any] = {"raw_consume_events_per_s": None, "raw_sink_events_per_s": None,
                            "pipeline_events_per_s": None, "ratio_vs_consume": None,
                            "ratio_vs_sink": None, "e2e": None}
@@ -504,8 +512,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         ends = _end_offsets(kafka, topic, args.partitions)
         print(f"topic {topic}: {sum(ends.values())} events ({len(workload.invalid_ids)} invalid)"
               f" produced at {produced:,.0f}/s")
-        config = _pipeline_config(kafka, snowflake, topic=topic, partitions=args.partitions,
-                                  args=args, tag=tag)
+        config = _pipeline_config(settings, kafka, snowflake, topic=topic,
+                                  partitions=args.partitions, args=args, tag=tag)
 
         if "consume" not in args.skip:
             out["raw_consume_events_per_s"] = raw_consume(kafka, topic, ends, args.timeout)

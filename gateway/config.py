@@ -16,7 +16,12 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 class ProducerTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """librdkafka producer settings; acks=all and idempotence are not optional."""
 
-    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 5
+    # How long librdkafka waits to fill a batch. Each request waits for its acks, so this adds
+    # up to linger_ms to every answer (1-event requests: p50 ~9 ms at 5, ~24 ms at 20). Under
+    # load it is what keeps batches whole: with 5 ms, a request's 1000 records took longer
+    # than the linger to enqueue on a busy 2-core machine and went out in fragments; the
+    # gateway's CPU per event (7.9 vs 17.9 us) and the broker's (5.4 vs 10.8) halved at 20.
+    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 20
     batch_size_bytes: PositiveInt = 1_000_000
     queue_max_messages: PositiveInt = 500_000
     queue_max_kbytes: PositiveInt = 1_048_576

@@ -92,6 +92,10 @@ def test_accumulator_flushes_by_count_bytes_and_age() -> None:
     assert acc.records == [] and acc.bytes == 0 and acc.started is None
     acc.add([record(3, b"x" * 120)], now=20.0)
     assert acc.full(20.0)  # bytes
+    acc.take()
+    assert not acc.full(30.0, drained=True)  # nothing to flush
+    acc.add([record(4, b"x")], now=30.0)
+    assert not acc.full(30.1) and acc.full(30.1, drained=True)  # caught up: no need to wait
 
 
 def test_dedup_window_evicts_by_accept_time() -> None:
