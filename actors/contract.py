@@ -34,7 +34,7 @@ class Charset:
     ``pattern`` is the same rule as a regex: the JSON schema and the error messages show it.
     """
 
-    __slots__ = ("_bad_first", "_bad_start", "_first_chars", "_strip_allowed", "pattern")
+    __slots__ = ("_bad_start", "_first_chars", "_strip_allowed", "pattern")
 
     def __init__(self, allowed: str, *, first: str = "") -> None:
         allowed_chars = _expand_class(allowed)
@@ -43,10 +43,9 @@ class Charset:
             raise ValueError(f"first characters [{first}] must be a subset of [{allowed}]")
         if "\n" in allowed_chars:
             raise ValueError("a charset cannot allow a newline: it separates joined values")
-        # translate() with these tables deletes the good characters: anything left is bad.
+        # translate() with this table deletes the good characters: anything left is bad.
         self._strip_allowed = str.maketrans("", "", allowed_chars)
-        self._bad_first = str.maketrans("", "", first_chars) if first else None
-        self._first_chars = frozenset(first_chars)
+        self._first_chars = frozenset(first_chars) if first else None
         # In newline-joined values, a value after the first that is empty or starts with a bad
         # character (a literal prefix, so re scans for the newlines fast).
         self._bad_start = re.compile(f"\n(?:[^{first}]|\\Z)") if first else None
@@ -55,7 +54,7 @@ class Charset:
     def accepts(self, value: str) -> bool:
         if value.translate(self._strip_allowed):
             return False
-        return self._bad_first is None or (bool(value) and not value[0].translate(self._bad_first))
+        return self._first_chars is None or (bool(value) and value[0] in self._first_chars)
 
     def accepts_all(self, values: list[str]) -> bool:
         """Whether every value is accepted: two passes over the newline-joined values."""
@@ -66,7 +65,7 @@ class Charset:
         # in a value would make one more).
         if joined.translate(self._strip_allowed) != "\n" * (len(values) - 1):
             return False
-        if self._bad_start is None:
+        if self._first_chars is None or self._bad_start is None:
             return True
         return joined[:1] in self._first_chars and self._bad_start.search(joined) is None
 
@@ -210,9 +209,9 @@ def _charset_fields(cls: type[msgspec.Struct], prefix: str = "$",
         hint, optional = hints[name], False
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             options = [a for a in typing.get_args(hint) if a is not type(None)]
-            hint, optional = options[0], True
             if len(options) != 1:
                 raise TypeError(f"{cls.__name__}.{name}: only `X | None` unions are supported")
+            hint, optional = options[0], True
         path, attr = f"{prefix}.{encoded}", f"{attrs}{name}"
         if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
             if optional:
