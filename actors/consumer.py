@@ -40,7 +40,6 @@ from actors.contract import (
     Event,
     EventCodec,
     FieldError,
-    charset_errors,
     describe_error,
 )
 from actors.dead_letter import (
@@ -352,43 +351,26 @@ def _decode_and_check(
     ``(records that decoded, their events, their verdicts (None: valid), records skipped as
     already dead-lettered)``."""
     already = 0
-    # The records that decoded (before their Charset check), their events, in order.
-    candidates: list[SourceRecord] = []
-    decoded_events: list[Event] = []
+    todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
     watermark = recovered.watermark
-    decode = codec.json_unchecked.decode
     for record in records:
-        replayed = record.offset <= watermark
-        if replayed and recovered.already(record.offset):
+        if record.offset <= watermark and recovered.already(record.offset):
             already += 1
             key = event_key(record.value)
             if key is not None:  # a later retry of it is a duplicate
                 window.add(key, record.accepted_at_ms or arrival_ms)
             continue
-        try:
-            event = decode(record.value if record.value is not None else b"")
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            _contract_failure(record, describe_error(exc), replayed=replayed, topic=topic,
-                              partition=partition, dead_letter=dead_letter)
-            continue
-        candidates.append(record)
-        decoded_events.append(event)
-    bad = dict(charset_errors(decoded_events))
-    decoded: list[SourceRecord] = []
-    events: list[Event] = []
-    fresh: list[Event] = []
-    fresh_at: list[int] = []  # positions of the fresh (not replayed) events in ``events``
-    for position, (record, event) in enumerate(zip(candidates, decoded_events, strict=True)):
-        replayed = record.offset <= watermark
-        if position in bad:
-            _contract_failure(record, bad[position], replayed=replayed, topic=topic,
-                              partition=partition, dead_letter=dead_letter)
-            continue
-        if not replayed:  # a replayed record's first verdict was valid: it stays valid
-            fresh_at.append(len(events))
-            fresh.append(event)
-        decoded.append(record)
-        events.append(event)
+        todo.append(record)
+    events, positions, failures = codec.decode_each(
+        [record.value if record.value is not None else b"" for record in todo])
+    for at, exc in failures:
+        _contract_failure(todo[at], describe_error(exc), replayed=todo[at].offset <= watermark,
+                          topic=topic, partition=partition, dead_letter=dead_letter)
+    decoded = [todo[at] for at in positions]
+    # Positions in ``events`` of the fresh ones: a replayed record's first verdict was valid,
+    # so it stays valid.
+    fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]
+    fresh = [events[at] for at in fresh_at]
     if len(fresh) == len(events):
         return decoded, events, validate_batch(events, rules, now), already
     verdicts: list[str | None] = [None] * len(events)

@@ -185,7 +185,7 @@ class FieldError:
 _AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
-def describe_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
+def describe_error(exc: Exception) -> FieldError:
     """Split msgspec's message (``Expected `int`, got `str` - at `$.x```) into field and reason."""
     match = _AT_PATH.match(str(exc))
     if match is None:  # pragma: no cover - the pattern matches any string
@@ -263,38 +263,84 @@ def charset_errors(events: Sequence[Event]) -> list[tuple[int, FieldError]]:
     return sorted(errors.items())
 
 
+# What decoding one item can raise (msgspec's ValidationError is a DecodeError; msgpack strings
+# can be bad UTF-8; very deep nesting can exhaust the stack).
+DECODE_FAILURES: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# An item that failed: its position and why (a Charset failure is a ValidationError too).
+Failure = tuple[int, Exception]
+
+
 class EventCodec:
     """Decoders and encoder for the contract. Not picklable: build one per process.
 
-    ``decode_json`` and ``decode_msgpack`` check one event completely. The ``*_unchecked``
-    decoders check everything but the Charsets, for batches: follow them with
-    ``charset_errors`` over the decoded events."""
+    Every decode method checks the whole contract, Charsets included: one event
+    (``decode_json``, ``decode_msgpack``), items one by one (``decode_each``) or a whole array
+    (``decode_array``); the last two check the Charsets once for the batch."""
 
     def __init__(self) -> None:
-        self.json_unchecked: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+        # Everything but the Charsets, which the methods check.
+        self._json_event: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+        self._msgpack_event: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
+        # Whole arrays in one call: a third of the cost of item by item.
+        self._json_event_list = msgspec.json.Decoder(list[Event])
+        self._msgpack_event_list = msgspec.msgpack.Decoder(list[Event])
         self.json_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
-        self.msgpack_unchecked: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
         self.msgpack_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
-        # Whole batches in one call, as far as the Charsets (a third of the per-item cost).
-        self.json_event_list = msgspec.json.Decoder(list[Event])
-        self.msgpack_event_list = msgspec.msgpack.Decoder(list[Event])
         self.json_encoder = msgspec.json.Encoder()
 
     def decode_json(self, data: bytes | msgspec.Raw) -> Event:
         """Decode one JSON event; raises ``msgspec.ValidationError``/``DecodeError``."""
-        return _whole(self.json_unchecked.decode(data))
+        return _whole(self._json_event.decode(data))
 
     def decode_msgpack(self, data: bytes | msgspec.Raw) -> Event:
         """Decode one msgpack event; raises ``msgspec.ValidationError``/``DecodeError``."""
-        return _whole(self.msgpack_unchecked.decode(data))
+        return _whole(self._msgpack_event.decode(data))
+
+    def decode_each(self, items: Sequence[bytes | msgspec.Raw], *, msgpack: bool = False,
+                    ) -> tuple[list[Event], list[int], list[Failure]]:
+        """Each item on its own: the events that meet the contract, their positions in
+        ``items``, and the ``(position, error)`` of the others, by position."""
+        decode = self._msgpack_event.decode if msgpack else self._json_event.decode
+        events: list[Event] = []
+        positions: list[int] = []
+        failures: list[Failure] = []
+        for position, item in enumerate(items):
+            try:
+                events.append(decode(item))
+            except DECODE_FAILURES as exc:
+                failures.append((position, exc))
+            else:
+                positions.append(position)
+        bad = charset_errors(events)
+        if not bad:
+            return events, positions, failures
+        failures += [(positions[at], _charset_failure(error)) for at, error in bad]
+        failures.sort(key=lambda failure: failure[0])
+        drop = {at for at, _ in bad}
+        kept = [at for at in range(len(events)) if at not in drop]
+        return [events[at] for at in kept], [positions[at] for at in kept], failures
+
+    def decode_array(self, body: bytes, *, msgpack: bool = False,
+                     ) -> tuple[list[Event], list[Failure]]:
+        """A JSON or msgpack array of events in one call: the events and the ``(position,
+        error)`` of those that break a Charset. Raises one of ``DECODE_FAILURES`` when
+        anything else is wrong (``decode_each`` then names every problem)."""
+        decoder = self._msgpack_event_list if msgpack else self._json_event_list
+        events = decoder.decode(body)
+        return events, [(at, _charset_failure(error)) for at, error in charset_errors(events)]
 
     def encode(self, event: Event) -> bytes:
         """The canonical JSON bytes of an event, as written to Kafka."""
         return self.json_encoder.encode(event)
 
 
+def _charset_failure(error: FieldError) -> msgspec.ValidationError:
+    """A Charset failure worded as msgspec words the others (``describe_error`` splits it)."""
+    return msgspec.ValidationError(f"{error.reason} - at `{error.field}`")
+
+
 def _whole(event: Event) -> Event:
     error = charset_error(event)
     if error is not None:
-        raise msgspec.ValidationError(f"{error.reason} - at `{error.field}`")
+        raise _charset_failure(error)
     return event

@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from actors.contract import Event, EventCodec, charset_errors, describe_error
+from actors.contract import DECODE_FAILURES, Event, EventCodec, Failure, describe_error
 from gateway.exceptions import Problem, RequestRejectedError
 
 
@@ -37,8 +37,6 @@ MEDIA_TYPES: Final[dict[str, MediaType]] = {
     "application/vnd.msgpack": MediaType.MSGPACK,
 }
 SINGLE_MEDIA_TYPES: Final = frozenset({MediaType.JSON, MediaType.MSGPACK})
-
-_DecodeFailure = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def parse_media_type(header: str | None, *, batch: bool) -> MediaType:
@@ -92,61 +90,34 @@ class BodyDecoder:
             if media is MediaType.MSGPACK:
                 return self._codec.decode_msgpack(body)
             return self._codec.decode_json(body)
-        except _DecodeFailure as exc:
+        except DECODE_FAILURES as exc:
             raise _contract([_problem(0, exc)]) from None
 
     def decode_batch(self, body: bytes, media: MediaType) -> list[Event]:
         """A whole batch, all or nothing; raises ``RequestRejectedError`` (400 or 413)."""
-        events = self._decode_whole(body, media)
-        if events is not None:
+        msgpack = media is MediaType.MSGPACK
+        whole = None if media is MediaType.NDJSON else self._decode_array(body, msgpack)
+        if whole is not None:
+            events, failures = whole
             count = len(events)
             self._check_count(count)
-            problems = [Problem(at, error.field, error.reason)
-                        for at, error in charset_errors(events)]
-        else:
+        else:  # something is wrong (or NDJSON): item by item, to name every problem
             items = self._split(body, media)
             count = len(items)
             self._check_count(count)
-            events, problems = self._decode_items(items, media)
-        if not problems:
-            problems = _duplicates(events)
+            events, _, failures = self._codec.decode_each(items, msgpack=msgpack)
+        problems = [_problem(at, exc) for at, exc in failures] or _duplicates(events)
         if problems:
             raise _contract(problems, events=count)
         return events
 
-    def _decode_whole(self, body: bytes, media: MediaType) -> list[Event] | None:
-        """The fast path: a JSON or msgpack array decoded in one call (a third of the cost of
-        item by item); None when anything in it is wrong, or for NDJSON."""
+    def _decode_array(self, body: bytes, msgpack: bool) -> tuple[list[Event], list[Failure]] | None:
+        """The fast path, one call for the whole array; None when anything but a Charset is
+        wrong (the item-by-item pass then reports it, per event)."""
         try:
-            if media is MediaType.JSON:
-                return self._codec.json_event_list.decode(body)
-            if media is MediaType.MSGPACK:
-                return self._codec.msgpack_event_list.decode(body)
-        except _DecodeFailure:
-            pass  # decoded again item by item, to name every problem
-        return None
-
-    def _decode_items(self, items: list[msgspec.Raw] | list[bytes],
-                      media: MediaType) -> tuple[list[Event], list[Problem]]:
-        """Each item on its own: the events that decoded and every problem found."""
-        decode = (self._codec.msgpack_unchecked.decode if media is MediaType.MSGPACK
-                  else self._codec.json_unchecked.decode)
-        events: list[Event] = []
-        indexes: list[int] = []  # the item index of each decoded event
-        problems: list[Problem] = []
-        for index, item in enumerate(items):
-            try:
-                events.append(decode(item))
-            except _DecodeFailure as exc:
-                problems.append(_problem(index, exc))
-            else:
-                indexes.append(index)
-        bad_chars = charset_errors(events)
-        if bad_chars:
-            problems += [Problem(indexes[at], error.field, error.reason)
-                         for at, error in bad_chars]
-            problems.sort(key=lambda problem: problem.index or 0)
-        return events, problems
+            return self._codec.decode_array(body, msgpack=msgpack)
+        except DECODE_FAILURES:
+            return None
 
     def _check_count(self, count: int) -> None:
         if not count:
@@ -168,7 +139,7 @@ class BodyDecoder:
             if media is MediaType.MSGPACK:
                 return self._codec.msgpack_raw_list.decode(body)
             return self._codec.json_raw_list.decode(body)
-        except _DecodeFailure as exc:
+        except DECODE_FAILURES as exc:
             raise _contract([_problem(None, exc)]) from None
 
 
