@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from actors.config import KafkaConnection, SnowflakeConfig
-from cluster.local_kafka import LocalKafka
-from cluster.local_snowflake import LocalSnowflake
+from cluster.local.kafka_broker import LocalKafka
+from cluster.local.snowflake_emulator import LocalSnowflake
 from cluster.settings import Settings, load_settings
 
 TopicFactory = Callable[..., str]

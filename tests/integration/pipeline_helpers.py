@@ -29,9 +29,9 @@ from actors.contract import (
     EventCodec,
 )
 from actors.kafka_admin import end_offsets
+from cluster.bench.workload import Workload, WorkloadSpec, generate
 from cluster.settings import Settings
 from cluster.supervisor import get_status
-from cluster.workload import Workload, WorkloadSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
 Key = tuple[str, str]  # (account_id, event_id)

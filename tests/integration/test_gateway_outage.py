@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from actors.config import KafkaConnection, TopicsConfig
-from cluster.local_kafka import LocalKafka
+from cluster.local.kafka_broker import LocalKafka
 from cluster.settings import load_settings
 from gateway.config import GatewayConfig, ProducerTuning
 from gateway.server import serve_uvicorn

@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from actors.config import KafkaConnection
-from cluster.local_kafka import LocalKafka
-from cluster.processes import ServiceStartError, free_port, group_members
+from cluster.local.kafka_broker import LocalKafka
+from cluster.local.processes import ServiceStartError, free_port, group_members
 from cluster.settings import Settings
 
 TopicFactory = Callable[..., str]
@@ -143,7 +143,7 @@ def test_a_port_taken_after_the_check_is_reported_from_the_dying_broker(
     # itself fails: the error must still name the port and quote the broker's log.
     broker = LocalKafka(tmp_path / "kafka", version=eventray_settings.local.kafka_version,
                         cache_dir=eventray_settings.cache_path(), heap="256m")
-    from cluster.processes import require_free_ports as original
+    from cluster.local.processes import require_free_ports as original
 
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
@@ -153,7 +153,7 @@ def test_a_port_taken_after_the_check_is_reported_from_the_dying_broker(
         holder.bind((host, ports["broker port"]))
         holder.listen()
 
-    monkeypatch.setattr("cluster.local_kafka.require_free_ports", check_then_grab)
+    monkeypatch.setattr("cluster.local.kafka_broker.require_free_ports", check_then_grab)
     try:
         with pytest.raises(ServiceStartError) as info:
             broker.start(timeout=60)

@@ -11,8 +11,8 @@ import pytest
 import snowflake.connector
 
 from actors.config import SnowflakeConfig
-from cluster.local_snowflake import LocalSnowflake
-from cluster.processes import ServiceStartError, group_members
+from cluster.local.processes import ServiceStartError, group_members
+from cluster.local.snowflake_emulator import LocalSnowflake
 
 pytestmark = pytest.mark.integration
 

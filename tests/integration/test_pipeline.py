@@ -25,7 +25,7 @@ from pipeline_helpers import (
 from actors.config import KafkaConnection, SnowflakeConfig
 from actors.contract import EventCodec
 from actors.kafka_admin import committed_group_offsets, end_offsets
-from cluster.processes import free_port
+from cluster.local.processes import free_port
 from cluster.settings import Settings
 from cluster.supervisor import get_status, start_pipeline, stop_pipeline
 

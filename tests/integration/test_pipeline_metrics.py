@@ -34,12 +34,12 @@ from pipeline_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.batch_plan import CONTRACT_REASON
 from actors.config import KafkaConnection, SnowflakeConfig
-from actors.consumer import CONTRACT_REASON
 from actors.kafka_admin import end_offsets
 from actors.metrics import FLUSH_SECONDS_BOUNDARIES
 from actors.validation import check_event, reason_code
-from cluster.processes import free_port
+from cluster.local.processes import free_port
 from cluster.settings import Settings
 from cluster.supervisor import start_pipeline, stop_pipeline
 

@@ -27,7 +27,7 @@ from actors.exceptions import OffsetGapError, SinkError
 from actors.rows import SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeSink, SnowflakeSinkActor, SnowflakeWriter
 from actors.warehouse import WarehouseSql
-from cluster.local_snowflake import LocalSnowflake
+from cluster.local.snowflake_emulator import LocalSnowflake
 
 pytestmark = pytest.mark.integration
 
@@ -347,18 +347,19 @@ def test_sink_actor_survives_a_kill_and_continues(
 
     ray.kill(actor, no_restart=False)
     # ray.kill is asynchronous: a call may still reach the old process, and calls fail while
-    # the actor restarts. The restarted one has a new connection and no memory: the warehouse
-    # is the state.
+    # the actor restarts (also a call made after one that reached the old process). The
+    # restarted one has a new connection and no memory: the warehouse is the state, and a
+    # write is idempotent, so retrying the replay is safe.
     deadline = time.monotonic() + 60
     while True:
         try:
             assert ray.get(actor.committed_offset.remote(topic, 0), timeout=10) == 50
+            replay = ray.get(actor.write.remote(first), timeout=30)
             break
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    replay = ray.get(actor.write.remote(first))
     assert (replay.rows_written, replay.rows_skipped) == (0, 50)
     second = ray.get(actor.write.remote(make_batch(topic, 0, 50, 80)))
     assert (second.rows_written, second.committed_offset) == (30, 80)

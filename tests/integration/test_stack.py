@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.local_snowflake import ping
-from cluster.processes import ServiceProcess, free_port, group_members, read_cmdline
-from cluster.settings import Settings, load_settings
-from cluster.stack import (
+from cluster.local.processes import ServiceProcess, free_port, group_members, read_cmdline
+from cluster.local.snowflake_emulator import ping
+from cluster.local.stack import (
     SERVICES,
     StackNotRunningError,
     down,
@@ -23,6 +22,7 @@ from cluster.stack import (
     status,
     up,
 )
+from cluster.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 

@@ -7,19 +7,10 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from actors.batch_plan import batch_range, plan_batch
+from actors.batching import Accumulator
 from actors.config import ConsumerConfig, ValidationRules
-from actors.consumer import (
-    Accumulator,
-    DedupWindow,
-    RateMeter,
-    RecordReader,
-    SourceRecord,
-    batch_range,
-    consumer_name,
-    plan_batch,
-    record_from_message,
-    sink_index,
-)
+from actors.consumer import consumer_name, sink_index
 from actors.contract import (
     HEADER_ACCEPTED_AT_MS,
     HEADER_DLQ_SOURCE_OFFSET,
@@ -32,6 +23,9 @@ from actors.contract import (
 )
 from actors.dead_letter import Recovered, dead_letter_headers, source_offset_of
 from actors.exceptions import EventrayError
+from actors.rate_meter import RateMeter
+from actors.records import RecordReader, SourceRecord, record_from_message
+from actors.retry_window import DedupWindow
 from actors.rows import encode_rows, row_field_index, row_from_event
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cluster.cpu_usage import role_of, snapshot, usage_between
+from cluster.bench.cpu_usage import role_of, snapshot, usage_between
 
 BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
 
@@ -14,7 +14,7 @@ BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() 
     [
         ("ray::PartitionConsumer.status", "consumer actors"),
         ("ray::SnowflakeSink.write", "sink actors"),
-        ("python -m cluster.local_snowflake --port 1", "snowflake emulator"),
+        ("python -m cluster.local.snowflake_emulator --port 1", "snowflake emulator"),
         ("java -cp libs/* kafka.Kafka server.properties", "kafka broker"),
         ("python -m gateway.server", "gateway (uvicorn)"),
         ("ray::IDLE", "other ray workers"),

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from actors.contract import EventCodec
-from cluster.workload import WorkloadSpec, generate
+from cluster.bench.workload import WorkloadSpec, generate
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

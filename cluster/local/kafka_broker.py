@@ -1,6 +1,6 @@
 """One local Apache Kafka broker in KRaft mode (combined broker + controller) on 127.0.0.1.
 
-The jars come from ``cluster.kafka_dist`` (Maven Central, cached). The storage directory is
+The jars come from ``cluster.local.kafka_jars`` (Maven Central, cached). The storage directory is
 formatted on first start only; later starts (and ``restart()`` after a ``kill()``) reuse it, so
 acknowledged records survive. The quorum is the single static voter ``1@127.0.0.1:<controller
 port>`` (a one-node quorum, like ``kafka-storage format --standalone``, but one that also comes
@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 
 from actors.config import KafkaConnection
-from cluster.kafka_dist import LOG4J2_CONFIG, classpath, ensure_kafka
-from cluster.processes import (
+from cluster.local.kafka_jars import LOG4J2_CONFIG, classpath, ensure_kafka
+from cluster.local.processes import (
     LocalService,
     ServiceProcess,
     ServiceStartError,
@@ -186,7 +186,7 @@ class LocalKafka(LocalService):
                 raise ServiceStartError(f"kafka storage format of {self.metadata_dir} timed out")\
                     from None
         if result.returncode != 0:
-            from cluster.processes import start_error
+            from cluster.local.processes import start_error
             raise start_error(f"kafka storage format of {self.metadata_dir} failed "
                               f"(exit code {result.returncode})", self.log_path)
 

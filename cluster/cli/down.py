@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from cluster.stack import down
+    from cluster.local.stack import down
 
     down(settings, timeout=args.timeout)
     return 0

@@ -9,8 +9,8 @@ import importlib
 from cluster.settings import Settings
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "gateway": ("cluster.bench_gateway", "HTTP -> Kafka through Serve vs plain uvicorn vs produce"),
-    "pipeline": ("cluster.bench_pipeline", "topic -> rows: pipeline vs raw consume vs raw sink"),
+    "gateway": ("cluster.bench.gateway", "HTTP -> Kafka through Serve vs plain uvicorn vs produce"),
+    "pipeline": ("cluster.bench.pipeline", "topic -> rows: pipeline vs raw consume vs raw sink"),
 }
 
 

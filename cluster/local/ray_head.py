@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from cluster.processes import (
+from cluster.local.processes import (
     LocalService,
     ServiceProcess,
     ServiceStartError,

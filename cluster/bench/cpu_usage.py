@@ -22,7 +22,7 @@ ROLES: Final[tuple[tuple[str, str], ...]] = (
     ("ray::PartitionConsumer", "consumer actors"),
     ("ray::SnowflakeSink", "sink actors"),
     ("ray::Supervisor", "supervisor"),
-    ("cluster.local_snowflake", "snowflake emulator"),
+    ("cluster.local.snowflake_emulator", "snowflake emulator"),
     ("fakesnow", "snowflake emulator"),
     ("kafka.Kafka", "kafka broker"),
     ("gateway.server", "gateway (uvicorn)"),

@@ -56,16 +56,16 @@ from actors.exceptions import EventrayError
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeWriter
 from actors.validation import validate_batch
-from cluster.cpu_usage import CpuReport, usage_between
-from cluster.cpu_usage import snapshot as cpu_snapshot
-from cluster.local_ray import use_loopback_for_in_process_ray
+from cluster.bench.cpu_usage import CpuReport, usage_between
+from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.bench.workload import WorkloadSpec, generate
+from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import Settings
-from cluster.workload import WorkloadSpec, generate
 
 log = logging.getLogger(__name__)
 
 TARGETS = {"ratio_vs_sink": 1.0, "e2e_events_per_s": 30_000.0}
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class BenchError(EventrayError):
@@ -105,9 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _stack(settings: Settings, args: argparse.Namespace) -> Iterator[tuple[KafkaConnection,
                                                                           SnowflakeConfig]]:
     """Kafka and the emulator: the given ones, or local ones in a temp dir (removed after)."""
-    from cluster.local_kafka import LocalKafka
-    from cluster.local_snowflake import LocalSnowflake, emulator_config
-    from cluster.local_snowflake import ensure_database as ensure_db
+    from cluster.local.kafka_broker import LocalKafka
+    from cluster.local.snowflake_emulator import LocalSnowflake, emulator_config
+    from cluster.local.snowflake_emulator import ensure_database as ensure_db
 
     work = Path(tempfile.mkdtemp(prefix="eventray-bench-pipeline-"))
     with ExitStack() as stack:
@@ -412,7 +412,7 @@ def _latencies_ms(config: SnowflakeConfig, table: str, topic: str,
 def _gateway(settings: Settings, kafka: KafkaConnection, topic: str,
              partitions: int) -> Iterator[str]:
     """The gateway under plain uvicorn in a subprocess; yields its base URL."""
-    from cluster.processes import free_port
+    from cluster.local.processes import free_port
     from gateway.server import encode_config
 
     gw_settings = settings.with_overrides({

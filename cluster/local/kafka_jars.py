@@ -8,7 +8,6 @@ in two shells) from writing the same directory. Also the ``eventray fetch-kafka`
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import shutil
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import TextIO
 
 from actors.exceptions import EventrayError
-from cluster.settings import Settings
 
 POM = Path(__file__).with_name("kafka-pom.xml")
 LOG4J2_CONFIG = Path(__file__).with_name("kafka-log4j2.xml")
@@ -123,17 +121,3 @@ def _fetch(target: Path, version: str, out: TextIO) -> None:
     (target / MARKER).write_text(_fingerprint(version) + "\n")
     print(f"Kafka {version}: {len(jars)} jars in {libs} ({time.monotonic() - started:.1f}s)",
           file=out, flush=True)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true", help="fetch again even when cached")
-
-
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    cache = settings.cache_path()
-    version = settings.local.kafka_version
-    if is_fetched(cache, version) and not args.force:
-        print(f"Kafka {version}: cached in {dist_dir(cache, version)}")
-        return 0
-    ensure_kafka(cache, version, force=args.force, out=sys.stdout)
-    return 0

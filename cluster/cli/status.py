@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when every recorded service runs, 1 when nothing runs or a service is down."""
+    from cluster.local.stack import stack_settings, status
     from cluster.pipeline_status import report
-    from cluster.stack import stack_settings, status
 
     local = status(settings)
     healthy = print_stack_status(settings)
@@ -31,7 +31,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def print_stack_status(settings: Settings) -> bool:
-    from cluster.stack import SERVICES, state_file, status
+    from cluster.local.stack import SERVICES, state_file, status
 
     services = status(settings)
     if not services:

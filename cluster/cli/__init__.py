@@ -26,13 +26,13 @@ class Command(Protocol):
 
 # name -> (module, help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-kafka": ("cluster.kafka_dist", "download the pinned Kafka jars (cached)"),
-    "up": ("cluster.cmd_up", "start the local stack: Kafka, the Snowflake emulator, Ray"),
-    "down": ("cluster.cmd_down", "stop what 'up' started"),
-    "status": ("cluster.cmd_status", "what runs, and per-partition lag of the pipeline"),
-    "gateway": ("cluster.cmd_gateway", "deploy the HTTP gateway onto the running Ray instance"),
-    "run": ("cluster.demo", "the whole job on the local stack, with a generated workload"),
-    "bench": ("cluster.cmd_bench", "benchmarks: 'bench gateway' or 'bench pipeline'"),
+    "fetch-kafka": ("cluster.cli.fetch_kafka", "download the pinned Kafka jars (cached)"),
+    "up": ("cluster.cli.up", "start the local stack: Kafka, the Snowflake emulator, Ray"),
+    "down": ("cluster.cli.down", "stop what 'up' started"),
+    "status": ("cluster.cli.status", "what runs, and per-partition lag of the pipeline"),
+    "gateway": ("cluster.cli.gateway", "deploy the HTTP gateway onto the running Ray instance"),
+    "run": ("cluster.cli.run", "the whole job on the local stack, with a generated workload"),
+    "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway' or 'bench pipeline'"),
 }
 
 

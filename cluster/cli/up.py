@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import logging
 
-    from cluster.stack import up
+    from cluster.local.stack import up
 
     # Readiness probes would log every poll at INFO.
     for noisy in ("httpx", "snowflake.connector"):

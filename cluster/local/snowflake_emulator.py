@@ -2,9 +2,9 @@
 
 fakesnow 0.12.1's ``python -m fakesnow -s -p PORT -d DIR`` ignores ``-d`` in server mode (its
 CLI passes only host and port to the server, whose shared instance is in memory). So the
-service runs this module (``python -m cluster.local_snowflake --port P --db-path DIR``), which
-serves fakesnow's own Starlette app with the shared instance bound to ``DIR``: every database
-is the DuckDB file ``DIR/<DATABASE>.db`` and comes back after a restart.
+service runs this module (``python -m cluster.local.snowflake_emulator --port P --db-path
+DIR``), which serves fakesnow's own Starlette app with the shared instance bound to
+``DIR``: every database is the DuckDB file ``DIR/<DATABASE>.db`` and comes back after a restart.
 
 Clients reach it only through the real snowflake-connector-python (host 127.0.0.1, the port,
 protocol http). Connecting with ``database=``/``schema=`` creates them if missing (fakesnow's
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import SnowflakeConfig
-from cluster.processes import (
+from cluster.local.processes import (
     LocalService,
     ServiceProcess,
     ServiceStartError,
@@ -67,10 +67,10 @@ class LocalSnowflake(LocalService):
             self._port = free_port(HOST)
         require_free_ports("snowflake emulator", {"port": self._port}, HOST)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "cluster.local_snowflake", "--host", HOST,
+        cmd = [sys.executable, "-m", "cluster.local.snowflake_emulator", "--host", HOST,
                "--port", str(self._port), "--db-path", str(self.data_dir)]
         # The child imports this package even when it is not installed (a source checkout).
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                      if p)
         self._process = ServiceProcess.spawn("snowflake emulator", cmd, log_path=self.log_path,

@@ -44,9 +44,9 @@ from actors.contract import (
     PaymentCaptured,
 )
 from actors.exceptions import EventrayError
-from cluster.cpu_usage import OWN_ROLE, usage_between
-from cluster.cpu_usage import snapshot as cpu_snapshot
-from cluster.local_ray import use_loopback_for_in_process_ray
+from cluster.bench.cpu_usage import OWN_ROLE, usage_between
+from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from gateway.config import GatewayConfig, ServeConfig
 from gateway.producer import producer_config
@@ -347,7 +347,7 @@ def _lower_median(items: list[_T], key: Callable[[_T], float]) -> _T:
 def raw_uvicorn(config: GatewayConfig, args: argparse.Namespace) -> dict[str, PhaseResult]:
     """The same app under plain uvicorn: as many processes as Serve gets replicas, each
     started as a subprocess on its own port; the load generator spreads its connections."""
-    from cluster.processes import free_port
+    from cluster.local.processes import free_port
 
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -384,7 +384,7 @@ def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Phas
     import ray
     from ray import serve as _serve
 
-    from cluster.processes import free_port
+    from cluster.local.processes import free_port
     from gateway.serve_app import deploy, haproxy_pids, serve_env
 
     env = serve_env(config.serve, isolate=True)
@@ -416,7 +416,7 @@ def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Phas
 
 
 def _pythonpath() -> str:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     existing = os.environ.get("PYTHONPATH")
     return f"{root}{os.pathsep}{existing}" if existing else root
 
@@ -445,7 +445,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    from cluster.local_kafka import LocalKafka
+    from cluster.local.kafka_broker import LocalKafka
 
     scratch = Path(tempfile.mkdtemp(prefix="eventray-bench-"))
     kafka: LocalKafka | None = None

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actors.exceptions import EventrayError
-from cluster.local_kafka import LocalKafka
-from cluster.local_ray import LocalRay
-from cluster.local_snowflake import LocalSnowflake
-from cluster.processes import (
+from cluster.local.kafka_broker import LocalKafka
+from cluster.local.processes import (
     ProcessRecord,
     ServiceProcess,
     ServiceStartError,
     ServiceStopError,
 )
+from cluster.local.ray_head import LocalRay
+from cluster.local.snowflake_emulator import LocalSnowflake
 from cluster.settings import Settings
 from gateway.serve_app import serve_env
 
@@ -279,7 +279,7 @@ def down(settings: Settings, out: TextIO | None = None, timeout: float = 30.0) -
 
 
 def _orphans(process: ServiceProcess) -> bool:
-    from cluster.processes import group_members, read_cmdline
+    from cluster.local.processes import group_members, read_cmdline
 
     # The leader died but members of its group may remain (only if its pid is not reused).
     return read_cmdline(process.pid) is None and bool(group_members(process.pid))

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.stack import stack_settings
+    from cluster.local.stack import stack_settings
     from gateway.serve_app import deploy
 
     if args.local:

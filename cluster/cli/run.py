@@ -20,9 +20,9 @@ import httpx
 import msgspec
 
 from actors.exceptions import EventrayError
-from cluster.landing import Landed, LandingProbe
+from cluster.bench.landing import Landed, LandingProbe
+from cluster.bench.workload import Workload, WorkloadSpec, generate
 from cluster.settings import Settings
-from cluster.workload import Workload, WorkloadSpec, generate
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from actors.kafka_admin import ensure_topics
-    from cluster.stack import ensure_up
+    from cluster.local.stack import ensure_up
     from cluster.supervisor import start_pipeline
     from gateway.serve_app import deploy
 

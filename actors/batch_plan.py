@@ -1,0 +1,154 @@
+"""Batch planning (pure): decode, de-duplicate and validate a batch of records into the rows
+to write and the records to dead-letter."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from itertools import islice
+from typing import Final
+
+import msgspec
+
+from actors.config import ValidationRules
+from actors.contract import Event, EventCodec, FieldError, describe_error
+from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, Recovered, event_key
+from actors.exceptions import EventrayError
+from actors.records import SourceRecord
+from actors.retry_window import DedupWindow
+from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
+from actors.validation import reason_code, validate_batch
+
+CONTRACT_REASON: Final = "contract"
+_offset_of: Final = operator.attrgetter("offset")
+
+
+class BatchPlan(msgspec.Struct, frozen=True):
+    """What to do with one batch of records: the sink batch and the dead letters."""
+
+    batch: SinkBatch
+    dead_letters: list[DeadLetter]
+    consumed: int
+    valid: int
+    duplicates: int
+    already_dead_lettered: int  # invalid records a predecessor dead-lettered already
+    rejected: dict[str, int]    # dead letters by reason code
+
+
+def batch_range(next_from: int | None, records: Sequence[SourceRecord]) -> tuple[int, int]:
+    """``(from_offset, to_offset)`` of the batch made of ``records``.
+
+    ``next_from`` is where the previous batch ended (the warehouse's committed offset after a
+    start), or None for a partition never written, which then starts at its first record.
+    """
+    if not records:
+        raise ValueError("an empty batch has no offset range")
+    first, last = records[0].offset, records[-1].offset
+    from_offset = first if next_from is None else next_from
+    offsets = list(map(_offset_of, records))
+    if first < from_offset or not all(map(operator.lt, offsets, islice(offsets, 1, None))):
+        raise EventrayError(
+            f"records out of order: first={first} from_offset={from_offset} last={last}")
+    return from_offset, last + 1
+
+
+def plan_batch(
+    records: Sequence[SourceRecord], *, topic: str, partition: int, next_from: int | None,
+    codec: EventCodec, rules: ValidationRules, now: datetime, window: DedupWindow,
+    recovered: Recovered = NOTHING_RECOVERED, now_ms: int | None = None,
+) -> BatchPlan:
+    """Decode, validate and de-duplicate ``records`` (ascending offsets) into a ``BatchPlan``.
+
+    Records at or below ``recovered.watermark`` were processed before a restart: those in
+    ``recovered.offsets`` are already dead-lettered and skipped; the others were valid then and
+    stay valid (the first verdict wins, so a time-based rule cannot flip them). An event whose
+    key is in ``window`` is a duplicate: neither written nor dead-lettered. The keys of new
+    rows and dead letters are added to ``window``, so duplicates inside the batch count too.
+    A record that breaks the contract has no trustworthy key and is always dead-lettered.
+    """
+    from_offset, to_offset = batch_range(next_from, records)
+    arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
+    letters: list[DeadLetter] = []
+    rejected: dict[str, int] = {}
+
+    def dead_letter(record: SourceRecord, reason: str) -> None:
+        headers = tuple((k, v) for k, v in record.headers if v is not None)
+        letters.append(DeadLetter(source_offset=record.offset, key=record.key,
+                                  value=record.value or b"", reason=reason,
+                                  headers=headers))
+        code = reason_code(reason)
+        rejected[code] = rejected.get(code, 0) + 1
+
+    decoded, events, verdicts, already = _decode_and_check(
+        records, topic=topic, partition=partition, codec=codec, rules=rules, now=now,
+        window=window, recovered=recovered, arrival_ms=arrival_ms, dead_letter=dead_letter)
+    rows: list[EventRow] = []
+    add_row = rows.append
+    duplicates = 0
+    first_seen = window.first_seen
+    for record, event, reason in zip(decoded, events, verdicts, strict=True):
+        accepted_at_ms = record.accepted_at_ms
+        if not first_seen((event.account_id, event.event_id),
+                          arrival_ms if accepted_at_ms is None else accepted_at_ms):
+            duplicates += 1
+        elif reason is not None:
+            dead_letter(record, reason)
+        else:
+            add_row(row_from_event(event, topic=topic, partition=partition,
+                                   offset=record.offset, request_id=record.request_id,
+                                   accepted_at_ms=accepted_at_ms))
+    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
+    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
+                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
+    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
+                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+
+
+def _decode_and_check(
+    records: Sequence[SourceRecord], *, topic: str, partition: int, codec: EventCodec,
+    rules: ValidationRules, now: datetime, window: DedupWindow, recovered: Recovered,
+    arrival_ms: int, dead_letter: Callable[[SourceRecord, str], None],
+) -> tuple[list[SourceRecord], list[Event], list[str | None], int]:
+    """Decode ``records`` (dead-lettering contract failures) and apply the business rules:
+    ``(records that decoded, their events, their verdicts (None: valid), records skipped as
+    already dead-lettered)``."""
+    already = 0
+    todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
+    watermark = recovered.watermark
+    for record in records:
+        if record.offset <= watermark and recovered.already(record.offset):
+            already += 1
+            key = event_key(record.value)
+            if key is not None:  # a later retry of it is a duplicate
+                window.add(key, record.accepted_at_ms or arrival_ms)
+            continue
+        todo.append(record)
+    events, positions, failures = codec.decode_each(
+        [record.value if record.value is not None else b"" for record in todo])
+    for at, exc in failures:
+        _contract_failure(todo[at], describe_error(exc), replayed=todo[at].offset <= watermark,
+                          topic=topic, partition=partition, dead_letter=dead_letter)
+    decoded = [todo[at] for at in positions]
+    # Positions in ``events`` of the fresh ones: a replayed record's first verdict was valid,
+    # so it stays valid.
+    fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]
+    fresh = [events[at] for at in fresh_at]
+    if len(fresh) == len(events):
+        return decoded, events, validate_batch(events, rules, now), already
+    verdicts: list[str | None] = [None] * len(events)
+    for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
+        verdicts[at] = reason
+    return decoded, events, verdicts, already
+
+
+def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool, topic: str,
+                      partition: int, dead_letter: Callable[[SourceRecord, str], None]) -> None:
+    """Dead-letter a record that breaks the contract; below the watermark that is corruption:
+    it was valid (or dead-lettered, and skipped) the first time."""
+    if replayed:
+        raise EventrayError(
+            f"{topic}/{partition} offset {record.offset} breaks the contract "
+            f"({error.field}: {error.reason}) but is not in the dead-letter topic below "
+            "its watermark")
+    dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
