@@ -4,6 +4,8 @@ What ``ray job submit --working-dir . -- python -m cluster.job`` runs: load the 
 connect to the cluster, start the pipeline (supervisor, sinks, consumers; all detached), then
 log its status every ``--interval`` seconds until SIGTERM/SIGINT. The detached actors keep
 running after the job ends unless ``--stop-on-exit``; ``--once`` returns right after the start.
+An invalid setting, or Kafka or Snowflake not answering where the settings say
+(``cluster.preflight``), ends the job with exit code 1 and one line naming the setting.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     # A job's entry point owns its process, so configuring logging here is ours to do.
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The start-up probe's login would log the connector's version banner at INFO.
+    logging.getLogger("snowflake.connector").setLevel(logging.WARNING)
+    try:
+        return run(args)
+    except EventrayError as exc:
+        # An invalid setting or a service that does not answer: the message names the setting;
+        # a traceback through the actors would only bury it.
+        print(f"python -m cluster.job: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
     import ray
 
     settings = load_settings(args.config)

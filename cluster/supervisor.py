@@ -336,10 +336,15 @@ def supervisor_actor() -> Any:
 def start_pipeline(config: PipelineConfig, *, ready_timeout_s: float = 180.0) -> Any:
     """Get or create the supervisor, reconcile, and wait until every actor answers.
 
-    An already running supervisor keeps the config it was started with.
+    An already running supervisor keeps the config it was started with. First logs the
+    settings and checks that Kafka and Snowflake answer (``ServiceUnreachableError`` names the
+    setting when one does not).
     """
     import ray
 
+    from cluster.preflight import check_pipeline
+
+    check_pipeline(config)
     supervisor = supervisor_actor().options(
         name=SUPERVISOR_NAME, namespace=config.namespace, lifetime="detached",
         get_if_exists=True, max_restarts=-1, max_concurrency=8, num_cpus=0,

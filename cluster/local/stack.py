@@ -3,18 +3,22 @@
 ``up`` starts what is not already running (per ``<state_dir>/stack.json``) and records each
 service's pid, command line, ports and address; ``down`` stops exactly what is recorded (after
 checking each pid still runs the recorded command line) and removes the record; ``status``
-says what runs. ``stack_settings`` points a ``Settings`` at the running stack. Data lives under
-the state dir: ``kafka/``, ``snowflake/``, ``logs/``.
+says what runs. ``stack_settings`` points a ``Settings`` at the running stack; the Ray head
+starts with the same Kafka and emulator addresses as ``EVENTRAY_*`` variables in its
+environment, which its workers and job drivers inherit (``ray_env``). Data lives under the
+state dir: ``kafka/``, ``snowflake/``, ``logs/``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,10 +32,12 @@ from cluster.local.processes import (
     ServiceProcess,
     ServiceStartError,
     ServiceStopError,
+    free_port,
+    port_in_use,
 )
 from cluster.local.ray_head import LocalRay
 from cluster.local.snowflake_emulator import LocalSnowflake
-from cluster.settings import Settings
+from cluster.settings import ENV_PREFIX, Settings
 from gateway.serve_app import serve_env
 
 log = logging.getLogger(__name__)
@@ -55,20 +61,23 @@ class ServiceInfo:
     ports: dict[str, int]
     address: str
     extra: dict[str, str] = field(default_factory=dict)
+    # EVENTRAY_* variables it was started with (the Ray head: the stack's addresses).
+    env: dict[str, str] = field(default_factory=dict)
 
     def is_alive(self) -> bool:
         return self.process.matches()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, **self.process.to_json(), "ports": self.ports,
-                "address": self.address, "extra": self.extra}
+                "address": self.address, "extra": self.extra, "env": self.env}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ServiceInfo:
         return cls(name=str(data["name"]), process=ProcessRecord.from_json(data),
                    ports={k: int(v) for k, v in data["ports"].items()},
                    address=str(data["address"]),
-                   extra={k: str(v) for k, v in data.get("extra", {}).items()})
+                   extra={k: str(v) for k, v in data.get("extra", {}).items()},
+                   env={k: str(v) for k, v in data.get("env", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -172,17 +181,107 @@ def _start_snowflake(settings: Settings) -> ServiceInfo:
 
 
 def _start_ray(settings: Settings) -> ServiceInfo:
+    """The head, with the stack's addresses in its environment (``settings`` has its ports
+    resolved by ``resolve_ports``): its workers and job drivers inherit them."""
     ray_settings = settings.ray
+    env = ray_env(settings)
     head = LocalRay(dashboard_port=ray_settings.dashboard_port,
                     dashboard_host=ray_settings.dashboard_host,
                     object_store_bytes=ray_settings.object_store_bytes,
                     num_cpus=ray_settings.num_cpus, log_dir=settings.state_path() / "logs",
-                    extra_env=serve_env(settings.gateway_config().serve))
+                    temp_dir=ray_temp_dir(settings),
+                    extra_env={**serve_env(settings.gateway_config().serve), **env})
     head.start()
     assert head.process is not None
     return ServiceInfo("ray", head.process.record,
                        {"gcs": head.gcs_port, "dashboard": head.dashboard_port},
-                       head.address, {"dashboard_url": head.dashboard_url})
+                       head.address, {"dashboard_url": head.dashboard_url}, env)
+
+
+# Ray's longest socket path (<temp dir>/session_<time>_<pid>/sockets/dash_MetricsHead) adds up
+# to 67 bytes to its temp dir, and AF_UNIX paths stop at 107.
+_RAY_TEMP_DIR_MAX = 40
+
+
+def ray_temp_dir(settings: Settings) -> Path:
+    """The head's own Ray temp dir, ``<state dir>/ray`` (its session logs are in
+    ``<state dir>/ray/session_latest/logs``).
+
+    Not the shared ``/tmp/ray``: a job's driver finds its cluster through the address file in
+    the head's temp dir, and in ``/tmp/ray`` that file names whichever Ray on the machine
+    started last (measured: a job submitted to this head ran on another user's cluster). A state
+    dir too long for Ray's socket paths gets a short directory in /tmp, linked from there.
+    """
+    path = settings.state_path() / "ray"
+    if len(str(path)) <= _RAY_TEMP_DIR_MAX:
+        return path
+    digest = hashlib.sha256(str(settings.state_path()).encode()).hexdigest()[:10]
+    short = Path(tempfile.gettempdir()) / f"eventray-{digest}"
+    short.mkdir(exist_ok=True)
+    if not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(short, target_is_directory=True)
+    return short
+
+
+def service_overrides(bootstrap_servers: str, snowflake_port: int) -> dict[str, Any]:
+    """The settings that point a client at the stack's Kafka and Snowflake emulator."""
+    return {
+        "kafka.bootstrap_servers": bootstrap_servers,
+        "snowflake.host": HOST,
+        "snowflake.port": snowflake_port,
+        "snowflake.protocol": "http",
+    }
+
+
+def settings_env(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """``EVENTRAY_*`` variables that ``load_settings`` reads back as these dotted settings."""
+    return {ENV_PREFIX + "__".join(dotted.upper().split(".")): str(value)
+            for dotted, value in overrides.items()}
+
+
+def ray_env(settings: Settings) -> dict[str, str]:
+    """What the Ray head's environment carries so that a job submitted to it (``ray job
+    submit``, the job SDK) reaches the stack with no flags: the Kafka and emulator addresses.
+    No secrets: the emulator takes any password, so the default one is not passed. Variables are
+    not on a command line (``ps``); ``/proc/<pid>/environ`` shows them to the same user only."""
+    local = settings.local
+    if not (local.kafka_port and local.snowflake_port):
+        raise EventrayError("the Ray head's environment needs resolved Kafka and emulator ports")
+    return settings_env(service_overrides(f"{HOST}:{local.kafka_port}", local.snowflake_port))
+
+
+def resolve_ports(settings: Settings, recorded: Mapping[str, ServiceInfo],
+                   running: Mapping[str, ServiceInfo]) -> Settings:
+    """``settings`` with the ports Kafka and the emulator have (running) or will have, decided
+    before anything starts so the Ray head, started beside them, knows their addresses.
+
+    A recorded service that died comes back on its recorded ports when the setting says 0 (any
+    port) and they are free: the Ray head and the pipeline's actors keep the right address.
+    """
+    local = settings.local
+
+    def ports(name: str, keys: tuple[str, ...], configured: tuple[int, ...]) -> list[int]:
+        if name in running:
+            return [running[name].ports[k] for k in keys]
+        dead = recorded.get(name)
+        if dead is not None and not any(configured) and not any(
+                port_in_use(dead.ports[k], HOST) for k in keys):
+            return [dead.ports[k] for k in keys]
+        chosen: list[int] = []
+        for wanted in configured:
+            port = wanted
+            while port == 0 or (wanted == 0 and port in chosen):
+                port = free_port(HOST)
+            chosen.append(port)
+        return chosen
+
+    broker, controller = ports("kafka", ("broker", "controller"),
+                               (local.kafka_port, local.kafka_controller_port))
+    (snowflake,) = ports("snowflake", ("http",), (local.snowflake_port,))
+    return settings.with_overrides({"local.kafka_port": broker,
+                                    "local.kafka_controller_port": controller,
+                                    "local.snowflake_port": snowflake})
 
 
 STARTERS: dict[str, Callable[[Settings], ServiceInfo]] = {
@@ -208,10 +307,13 @@ def up(settings: Settings, out: TextIO | None = None) -> StackInfo:
                     print(f"{name}: leader pid {stale.pid} is gone, stopping the rest of "
                           f"its process group", file=stream, flush=True)
                     stale.stop(timeout=10)
+        resolved = resolve_ports(settings, recorded, running)
+        if "ray" in running:
+            _warn_if_stale_env(running["ray"], ray_env(resolved), stream)
         if missing:
             print(f"starting {', '.join(missing)} (state in {settings.state_path()}) ...",
                   file=stream, flush=True)
-        started, errors = _start_all(settings, missing)
+        started, errors = _start_all(resolved, missing)
         services = {**running, **started}
         _write_state(settings, services)
     for name in missing:
@@ -231,9 +333,20 @@ def up(settings: Settings, out: TextIO | None = None) -> StackInfo:
     return stack
 
 
+def _warn_if_stale_env(ray: ServiceInfo, wanted: dict[str, str], stream: TextIO) -> None:
+    """A running head keeps the environment it started with; say so when the stack's addresses
+    moved since (a service restarted on other ports, or a head started by an older eventray)."""
+    if ray.env == wanted:
+        return
+    print(f"ray: its jobs see {ray.env or 'no stack addresses'}, the stack is at {wanted}; "
+          f"restart it ('eventray down', then 'eventray up') for jobs to reach the stack",
+          file=stream, flush=True)
+
+
 def _start_all(settings: Settings, names: list[str]
                ) -> tuple[dict[str, ServiceInfo], dict[str, Exception]]:
-    """Start services in parallel (each mostly waits); collect successes and failures."""
+    """Start services in parallel (each mostly waits); collect successes and failures.
+    ``settings`` has every port resolved, so the Ray head knows the others' addresses."""
     started: dict[str, ServiceInfo] = {}
     errors: dict[str, Exception] = {}
     if not names:
@@ -307,10 +420,7 @@ def stack_settings(settings: Settings) -> Settings:
         raise StackNotRunningError(f"no running local stack recorded in {state_file(settings)}"
                                    f" (run 'eventray up')")
     return settings.with_overrides({
-        "kafka.bootstrap_servers": info.bootstrap_servers,
-        "snowflake.host": HOST,
-        "snowflake.port": info.snowflake_port,
-        "snowflake.protocol": "http",
+        **service_overrides(info.bootstrap_servers, info.snowflake_port),
         "ray.address": info.ray_address,
         "ray.dashboard_port": info.services["ray"].ports["dashboard"],
     })

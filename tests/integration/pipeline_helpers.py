@@ -82,6 +82,24 @@ def pipeline_settings(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, par
     return Settings().with_overrides(overrides)
 
 
+def local_stack_settings(state_dir: Path) -> Settings:
+    """Settings for a local stack of a test's own (``eventray up``): its state in ``state_dir``,
+    every port free, never the defaults (8265, 9092, 9093, 8089) a user's stack may hold."""
+    from cluster.local.processes import free_port
+    from cluster.settings import load_settings
+
+    return load_settings(environ={}).with_overrides({
+        "local.state_dir": str(state_dir),
+        "local.kafka_port": 0,
+        "local.kafka_controller_port": 0,
+        "local.kafka_heap": "256m",
+        "local.snowflake_port": 0,
+        "local.cache_dir": str(load_settings().cache_path()),
+        "ray.dashboard_port": free_port(),
+        "ray.object_store_bytes": 150_000_000,
+    })
+
+
 def produce_events(conn: KafkaConnection, topic: str, events: Sequence[Event]) -> None:
     """Produce as the gateway does (key, value and headers), acks=all, every record confirmed."""
     codec = EventCodec()

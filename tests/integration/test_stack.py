@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pipeline_helpers import local_stack_settings
 
-from cluster.local.processes import ServiceProcess, free_port, group_members, read_cmdline
+from cluster.local.processes import ServiceProcess, group_members, read_cmdline
 from cluster.local.snowflake_emulator import ping
 from cluster.local.stack import (
     SERVICES,
@@ -22,24 +23,14 @@ from cluster.local.stack import (
     status,
     up,
 )
-from cluster.settings import Settings, load_settings
+from cluster.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    # Every port free, never the defaults (8265, 9092, 9093, 8089) a user's stack may hold.
-    return load_settings(environ={}).with_overrides({
-        "local.state_dir": str(tmp_path / "state"),
-        "local.kafka_port": 0,
-        "local.kafka_controller_port": 0,
-        "local.kafka_heap": "256m",
-        "local.snowflake_port": 0,
-        "local.cache_dir": str(load_settings().cache_path()),
-        "ray.dashboard_port": free_port(),
-        "ray.object_store_bytes": 150_000_000,
-    })
+    return local_stack_settings(tmp_path / "state")
 
 
 def alive_pids(pgid: int) -> list[int]:
