@@ -113,10 +113,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         )
 
     def connect_ray(self, **kwargs: Any) -> Any:
-        """``ray.init`` against the configured cluster, in the configured namespace."""
-        import ray
+        """``ray.init`` against the configured cluster, in the configured namespace.
 
-        options: dict[str, Any] = {"address": self.ray.address, "namespace": self.ray.namespace}
+        The actors this driver creates (the supervisor, and through it the sinks and consumers)
+        log at INFO to their worker's ``.err`` file; Ray's workers otherwise have no handler
+        and keep only warnings. The driver's own logging is left alone.
+        """
+        import ray
+        from ray.job_config import JobConfig
+
+        job_config = JobConfig()
+        job_config.set_py_logging_config(ray.LoggingConfig(encoding="TEXT", log_level="INFO"))
+        options: dict[str, Any] = {"address": self.ray.address, "namespace": self.ray.namespace,
+                                   "job_config": job_config}
         if self.ray.node_ip_address is not None:
             options["_node_ip_address"] = self.ray.node_ip_address
             if self.ray.node_ip_address.startswith("127."):
