@@ -1,5 +1,16 @@
 """Batch planning (pure): decode, de-duplicate and validate a batch of records into the rows
-to write and the records to dead-letter."""
+to write and the records to dead-letter.
+
+Replays: a record replayed from the dead-letter topic (``SourceRecord.replay_of`` names its
+dead letter) is identified by that dead letter, not by its event id, whose key the window
+holds since the event was dead-lettered. A replay is dropped as a duplicate when the same dead
+letter was replayed before within the window (its ``replay_key``), or when its event was written
+as a row meanwhile (e.g. a client retry after the window had forgotten the dead letter);
+otherwise it is validated like any record: valid, it becomes a row (its ``REPLAY_OF`` lineage
+keeps the replay key in the table); invalid, it goes back to the dead-letter topic with its new
+reason and its ``eventray-replay-of`` header. Either way the window then holds both keys, and a
+consumer restart rebuilds them from the table and the dead-letter topic.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +27,7 @@ from actors.contract import Event, EventCodec, FieldError, describe_error
 from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, Recovered, event_key
 from actors.exceptions import EventrayError
 from actors.records import SourceRecord
-from actors.retry_window import DedupWindow
+from actors.retry_window import DedupKey, DedupWindow, replay_key
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
 
@@ -66,6 +77,7 @@ def plan_batch(
     key is in ``window`` is a duplicate: neither written nor dead-lettered. The keys of new
     rows and dead letters are added to ``window``, so duplicates inside the batch count too.
     A record that breaks the contract has no trustworthy key and is always dead-lettered.
+    Replayed records are de-duplicated on their dead letter (see the module docstring).
     """
     from_offset, to_offset = batch_range(next_from, records)
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
@@ -80,24 +92,31 @@ def plan_batch(
         code = reason_code(reason)
         rejected[code] = rejected.get(code, 0) + 1
 
-    decoded, events, verdicts, already = _decode_and_check(
+    decoded, events, verdicts, already, replayed_twice = _decode_and_check(
         records, topic=topic, partition=partition, codec=codec, rules=rules, now=now,
         window=window, recovered=recovered, arrival_ms=arrival_ms, dead_letter=dead_letter)
     rows: list[EventRow] = []
     add_row = rows.append
-    duplicates = 0
+    duplicates = replayed_twice
     first_seen = window.first_seen
     for record, event, reason in zip(decoded, events, verdicts, strict=True):
         accepted_at_ms = record.accepted_at_ms
-        if not first_seen((event.account_id, event.event_id),
-                          arrival_ms if accepted_at_ms is None else accepted_at_ms):
+        at_ms = arrival_ms if accepted_at_ms is None else accepted_at_ms
+        key = (event.account_id, event.event_id)
+        replay_of = record.replay_of
+        if replay_of is None:
+            if not first_seen(key, at_ms, reason is None):
+                duplicates += 1
+                continue
+        elif not _admit_replayed_event(window, key, at_ms, written=reason is None):
             duplicates += 1
-        elif reason is not None:
+            continue
+        if reason is not None:
             dead_letter(record, reason)
         else:
             add_row(row_from_event(event, topic=topic, partition=partition,
                                    offset=record.offset, request_id=record.request_id,
-                                   accepted_at_ms=accepted_at_ms))
+                                   accepted_at_ms=accepted_at_ms, replay_of=replay_of))
     letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
     batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                       to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
@@ -105,23 +124,43 @@ def plan_batch(
                      duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
 
 
+def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
+                          written: bool) -> bool:
+    """Whether a replay (its dead letter not replayed before) of the event ``key`` goes on:
+    not when the event was written as a row meanwhile. Marks the key ``written`` or not."""
+    if window.written(key):
+        return False
+    if written:
+        window.mark_written(key, at_ms)
+    else:
+        window.add(key, at_ms, written=False)
+    return True
+
+
 def _decode_and_check(
     records: Sequence[SourceRecord], *, topic: str, partition: int, codec: EventCodec,
     rules: ValidationRules, now: datetime, window: DedupWindow, recovered: Recovered,
     arrival_ms: int, dead_letter: Callable[[SourceRecord, str], None],
-) -> tuple[list[SourceRecord], list[Event], list[str | None], int]:
+) -> tuple[list[SourceRecord], list[Event], list[str | None], int, int]:
     """Decode ``records`` (dead-lettering contract failures) and apply the business rules:
     ``(records that decoded, their events, their verdicts (None: valid), records skipped as
-    already dead-lettered)``."""
-    already = 0
+    already dead-lettered, replays of a dead letter replayed before (dropped))``."""
+    already = replayed_twice = 0
     todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
     watermark = recovered.watermark
     for record in records:
+        at_ms = record.accepted_at_ms or arrival_ms
         if record.offset <= watermark and recovered.already(record.offset):
             already += 1
             key = event_key(record.value)
             if key is not None:  # a later retry of it is a duplicate
-                window.add(key, record.accepted_at_ms or arrival_ms)
+                window.add(key, at_ms, written=False)
+            if record.replay_of is not None:  # and so is a later replay of the same letter
+                window.add(replay_key(record.replay_of), at_ms)
+            continue
+        if record.replay_of is not None and not window.first_seen(
+                replay_key(record.replay_of), at_ms):
+            replayed_twice += 1
             continue
         todo.append(record)
     events, positions, failures = codec.decode_each(
@@ -135,11 +174,11 @@ def _decode_and_check(
     fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]
     fresh = [events[at] for at in fresh_at]
     if len(fresh) == len(events):
-        return decoded, events, validate_batch(events, rules, now), already
+        return decoded, events, validate_batch(events, rules, now), already, replayed_twice
     verdicts: list[str | None] = [None] * len(events)
     for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
         verdicts[at] = reason
-    return decoded, events, verdicts, already
+    return decoded, events, verdicts, already, replayed_twice
 
 
 def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool, topic: str,

@@ -213,8 +213,9 @@ class PartitionConsumer:
         consumer: Any = None
         try:
             recovered = dlq.start(floor=committed if committed is not None else 0)
+            # Dead-lettered keys (and replay keys): not written, so a replay passes them.
             window.load(read_recent_keys(cfg.kafka, cfg.topics.dead_letter, partition,
-                                         since_ms), now_ms)
+                                         since_ms), now_ms, written=False)
             conf = cfg.kafka.client_config()
             conf.update({
                 "group.id": cfg.consumer.group_id,

@@ -114,6 +114,9 @@ HEADER_DLQ_REASON: Final = "eventray-dlq-reason"
 HEADER_DLQ_SOURCE_TOPIC: Final = "eventray-dlq-source-topic"
 HEADER_DLQ_SOURCE_PARTITION: Final = "eventray-dlq-source-partition"
 HEADER_DLQ_SOURCE_OFFSET: Final = "eventray-dlq-source-offset"
+# On a record replayed from the dead-letter topic: the dead letter it replays,
+# ``<dlq partition>:<dlq offset>``. Consumers de-duplicate replays on it.
+HEADER_REPLAY_OF: Final = "eventray-replay-of"
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):

@@ -29,8 +29,10 @@ from actors.contract import (
     HEADER_DLQ_SOURCE_OFFSET,
     HEADER_DLQ_SOURCE_PARTITION,
     HEADER_DLQ_SOURCE_TOPIC,
+    HEADER_REPLAY_OF,
 )
 from actors.exceptions import KafkaDeliveryError
+from actors.retry_window import replay_key
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +286,22 @@ def event_key(value: bytes | None) -> tuple[str, str] | None:
     return key.account_id, key.event_id
 
 
+def replay_of_header(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The ``eventray-replay-of`` header of a record, if present."""
+    for key, value in headers or ():
+        if key == HEADER_REPLAY_OF and value is not None:
+            return value.decode("utf-8", "replace")
+    return None
+
+
 def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
                      since_ms: int) -> list[tuple[str, str]]:
-    """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, record time).
+    """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, record time),
+    and the replay key (``replay_key``) of each dead letter that was a replay failing again.
 
     With the warehouse's recent keys they rebuild the consumer's dedup window, so a client's
-    retry of an invalid event is not dead-lettered twice, across restarts too.
+    retry of an invalid event is not dead-lettered twice, nor a dead letter replayed twice,
+    across restarts too.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -309,7 +321,15 @@ def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
         raise _kafka_error(f"reading dead-letter partition {partition} failed", exc) from exc
     finally:
         consumer.close()
-    return [key for key in (event_key(msg.value()) for msg in records) if key is not None]
+    keys: list[tuple[str, str]] = []
+    for msg in records:
+        key = event_key(msg.value())
+        if key is not None:
+            keys.append(key)
+        replay_of = replay_of_header(msg.headers())
+        if replay_of is not None:
+            keys.append(replay_key(replay_of))
+    return keys
 
 
 def _kafka_error(message: str, exc: Any) -> KafkaDeliveryError:

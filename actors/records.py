@@ -7,9 +7,11 @@ from typing import Any
 
 import msgspec
 
-from actors.contract import HEADER_ACCEPTED_AT_MS, HEADER_REQUEST_ID
+from actors.contract import HEADER_ACCEPTED_AT_MS, HEADER_REPLAY_OF, HEADER_REQUEST_ID
 
 SourceHeaders = tuple[tuple[str, bytes | None], ...]
+# What ``parse_headers`` makes of a record's headers.
+ParsedHeaders = tuple[SourceHeaders, str | None, int | None, str | None]
 
 
 class SourceRecord(msgspec.Struct, frozen=True, gc=False):
@@ -24,21 +26,24 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
     headers: SourceHeaders = ()
     request_id: str | None = None
     accepted_at_ms: int | None = None
+    # The dead letter this record replays (``<dlq partition>:<dlq offset>``), None when the
+    # record is not a replay.
+    replay_of: str | None = None
 
     @property
     def size(self) -> int:
         return len(self.value or b"") + len(self.key or b"")
 
 
-def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None,
-                  ) -> tuple[SourceHeaders, str | None, int | None]:
-    """``(headers, request id, accepted-at ms)`` from a record's headers as confluent-kafka
-    returns them. The headers are kept as they are (a header may have a None value; those are
-    left out when dead-lettering, see ``DeadLetter``)."""
+def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> ParsedHeaders:
+    """``(headers, request id, accepted-at ms, replay of)`` from a record's headers as
+    confluent-kafka returns them. The headers are kept as they are (a header may have a None
+    value; those are left out when dead-lettering, see ``DeadLetter``)."""
     if not headers:
-        return (), None, None
+        return (), None, None, None
     request_id: str | None = None
     accepted: int | None = None
+    replay_of: str | None = None
     for key, value in headers:
         if value is None:
             continue
@@ -49,13 +54,14 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None,
                 accepted = int(value)
             except ValueError:
                 accepted = None  # a foreign producer's header: fall back to processing time
-    return tuple(headers), request_id, accepted
+        elif key == HEADER_REPLAY_OF:
+            replay_of = value.decode("utf-8", "replace")
+    return tuple(headers), request_id, accepted, replay_of
 
 
 def record_from_message(msg: Any) -> SourceRecord:
     """A ``SourceRecord`` from a confluent-kafka ``Message``."""
-    headers, request_id, accepted = parse_headers(msg.headers())
-    return SourceRecord(msg.offset(), msg.key(), msg.value(), headers, request_id, accepted)
+    return SourceRecord(msg.offset(), msg.key(), msg.value(), *parse_headers(msg.headers()))
 
 
 class RecordReader:
@@ -67,7 +73,7 @@ class RecordReader:
 
     def __init__(self) -> None:
         self._last: Any = None
-        self._parsed: tuple[SourceHeaders, str | None, int | None] = ((), None, None)
+        self._parsed: ParsedHeaders = ((), None, None, None)
 
     def read(self, msgs: Iterable[Any]) -> tuple[list[SourceRecord], int, list[Any]]:
         """``(records, their size in bytes, the messages that carry an error)``."""

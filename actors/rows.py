@@ -1,7 +1,8 @@
 """Warehouse rows and the batches that carry them from a consumer to a sink.
 
 An ``EventRow`` is one events-table row with its Kafka lineage (topic, partition, offset, the
-gateway's request id and accept time), like the Snowflake Kafka connector's RECORD_METADATA.
+gateway's request id and accept time, and for a replayed dead letter the dead letter it
+replays), like the Snowflake Kafka connector's RECORD_METADATA.
 A consumer encodes a batch's rows once into ONE JSON array (``encode_rows``); the sink binds that
 array as a single parameter and Snowflake flattens it server side, so a batch of thousands of
 rows is one statement and one bound value, and crosses the Ray actor boundary as bytes.
@@ -40,6 +41,9 @@ class EventRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
     kafka_offset: int
     request_id: str | None
     accepted_at_ms: int | None  # gateway accept time (epoch ms), from the record header
+    # ``<dlq partition>:<dlq offset>`` of the dead letter this row's record replayed: it keeps
+    # the replay's identity in the table, from which a restarted consumer's window is rebuilt.
+    replay_of: str | None = None
 
 
 class SinkBatch(msgspec.Struct, frozen=True):
@@ -74,13 +78,13 @@ def row_field_index(name: str) -> int:
 
 def row_from_event(
     event: Event, *, topic: str, partition: int, offset: int,
-    request_id: str | None, accepted_at_ms: int | None,
+    request_id: str | None, accepted_at_ms: int | None, replay_of: str | None = None,
 ) -> EventRow:
     """The row for a validated event read at ``topic``/``partition``/``offset``."""
     # Positional, in field order: consumers build one per event.
     return EventRow(event.event_id, event.account_id, event_type(event), event.occurred_at,
                     event.schema_version, event.body, topic, partition, offset, request_id,
-                    accepted_at_ms)
+                    accepted_at_ms, replay_of)
 
 
 # Encoders are stateless and thread-safe to use; one per process is reused for every batch.

@@ -40,6 +40,7 @@ from snowflake.connector import errors as sf_errors
 from actors.config import SinkConfig, SnowflakeConfig
 from actors.exceptions import OffsetGapError, SinkError
 from actors.request_compression import set_request_compression
+from actors.retry_window import replay_key
 from actors.rows import FlushResult, SinkBatch
 from actors.warehouse import WarehouseSql, warehouse_sql
 
@@ -132,12 +133,18 @@ class SnowflakeWriter:
     def recent_keys(self, topic: str, partition: int, since_ms: int,
                     limit: int = _NO_LIMIT) -> list[tuple[str, str]]:
         """``(account_id, event_id)`` of the partition's rows accepted at/after ``since_ms``,
-        the ``limit`` newest (by offset) first.
+        the ``limit`` newest (by offset) first; a row of a replayed dead letter is followed
+        by its replay key (``actors.retry_window.replay_key``).
 
         Rows without a gateway accept time count from when they were written.
         """
         rows = self._query(self._sql.recent_keys, (topic, partition, since_ms, limit))
-        return [(str(account), str(event)) for account, event in rows]
+        keys: list[tuple[str, str]] = []
+        for account, event, replay_of in rows:
+            keys.append((str(account), str(event)))
+            if replay_of is not None:
+                keys.append(replay_key(str(replay_of)))
+        return keys
 
     def count_rows(self, topic: str | None = None) -> int:
         """Rows in the events table (of ``topic`` when given)."""
@@ -194,6 +201,8 @@ class SnowflakeWriter:
         cursor = self._connection().cursor()
         try:
             cursor.execute(self._sql.create_events)
+            for statement in self._sql.migrate_events:
+                cursor.execute(statement)
             cursor.execute(self._sql.create_offsets)
         finally:
             cursor.close()

@@ -4,7 +4,10 @@ Tables (names from ``SnowflakeConfig``; unquoted identifiers, so Snowflake store
 upper-case):
 
 * events: one row per accepted, valid event, with its Kafka lineage (topic, partition, offset,
-  the gateway's request id and accept time) and ``WRITTEN_AT``, set by the warehouse at write.
+  the gateway's request id and accept time), ``WRITTEN_AT``, set by the warehouse at write,
+  and ``REPLAY_OF``, the dead letter (``<dlq partition>:<dlq offset>``) a replayed record came
+  from (NULL otherwise). ``REPLAY_OF`` came after the first tables: ``migrate_events`` adds it
+  to an events table created without it (``ADD COLUMN IF NOT EXISTS``, safe to run again).
 * offsets: the partition's committed next offset, APPEND-ONLY. Each write transaction inserts a
   new ``(TOPIC, PARTITION, NEXT_OFFSET, WRITTEN_AT)`` row and readers take ``MAX(NEXT_OFFSET)``.
   Never UPDATE: a sink killed mid-transaction can leave an open transaction in the emulator that
@@ -44,6 +47,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0
 EVENT_COLUMNS: tuple[str, ...] = (
     "EVENT_ID", "ACCOUNT_ID", "EVENT_TYPE", "OCCURRED_AT", "SCHEMA_VERSION", "BODY",
     "KAFKA_TOPIC", "KAFKA_PARTITION", "KAFKA_OFFSET", "REQUEST_ID", "ACCEPTED_AT", "WRITTEN_AT",
+    "REPLAY_OF",
 )
 
 
@@ -54,6 +58,8 @@ class WarehouseSql:
     events_table: str
     offsets_table: str
     create_events: str
+    # Run after create_events: bring an events table created by an earlier version up to date.
+    migrate_events: tuple[str, ...]
     create_offsets: str
     # (rows_json: str, min_offset: int) -> inserts the rows with kafka_offset >= min_offset
     insert_rows: str
@@ -63,8 +69,12 @@ class WarehouseSql:
     committed_offset: str
     # (topic, partition, committed_offset) -> deletes the partition's rows below it (autocommit)
     prune_offsets: str
-    # (topic, partition, since_ms, limit) -> (ACCOUNT_ID, EVENT_ID) rows, newest first
+    # (topic, partition, since_ms, limit) -> (ACCOUNT_ID, EVENT_ID, REPLAY_OF) rows, newest
+    # first
     recent_keys: str
+    # (topic, partition, from_offset, to_offset) -> (KAFKA_PARTITION, KAFKA_OFFSET) of the rows
+    # in [from_offset, to_offset)
+    rows_in_range: str
     count_rows: str
     # (topic,)
     count_rows_of_topic: str
@@ -89,8 +99,10 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     KAFKA_OFFSET NUMBER(38, 0) NOT NULL,
     REQUEST_ID VARCHAR,
     ACCEPTED_AT TIMESTAMP_TZ,
-    WRITTEN_AT TIMESTAMP_TZ NOT NULL
+    WRITTEN_AT TIMESTAMP_TZ NOT NULL,
+    REPLAY_OF VARCHAR
 )""",
+        migrate_events=(f"ALTER TABLE {events} ADD COLUMN IF NOT EXISTS REPLAY_OF VARCHAR",),
         create_offsets=f"""CREATE TABLE IF NOT EXISTS {offsets} (
     TOPIC VARCHAR NOT NULL,
     "PARTITION" NUMBER(10, 0) NOT NULL,
@@ -110,7 +122,8 @@ SELECT
     {_v("kafka_offset")}::number,
     {_v("request_id")}::string,
     TO_TIMESTAMP_TZ({_v("accepted_at_ms")}::number, 3),
-    CURRENT_TIMESTAMP()
+    CURRENT_TIMESTAMP(),
+    {_v("replay_of")}::string
 FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
 WHERE {_v("kafka_offset")}::number >= ?""",
         insert_offset=(
@@ -126,10 +139,15 @@ WHERE {_v("kafka_offset")}::number >= ?""",
         ),
         # Records produced without the gateway's accept-time header fall back to WRITTEN_AT.
         recent_keys=(
-            f"SELECT ACCOUNT_ID, EVENT_ID FROM {events} "
+            f"SELECT ACCOUNT_ID, EVENT_ID, REPLAY_OF FROM {events} "
             "WHERE KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? "
             "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3) "
             "ORDER BY KAFKA_OFFSET DESC LIMIT ?"
+        ),
+        rows_in_range=(
+            f"SELECT KAFKA_PARTITION, KAFKA_OFFSET FROM {events} "
+            "WHERE KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? AND KAFKA_OFFSET >= ? "
+            "AND KAFKA_OFFSET < ?"
         ),
         count_rows=f"SELECT COUNT(*) FROM {events}",
         count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",

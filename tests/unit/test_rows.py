@@ -42,6 +42,7 @@ class RowRecord(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     kafka_offset: int
     request_id: str | None
     accepted_at_ms: int | None
+    replay_of: str | None
 
 
 def payment(n: int = 1) -> PaymentCaptured:
@@ -57,7 +58,14 @@ def test_row_carries_the_event_and_its_lineage() -> None:
         event_id="pay-1", account_id="acct-7", event_type="payment.captured",
         occurred_at=WHEN, schema_version=1, body=payment().body, kafka_topic="events",
         kafka_partition=3, kafka_offset=17, request_id="req-1",
-        accepted_at_ms=1_772_366_400_123)
+        accepted_at_ms=1_772_366_400_123, replay_of=None)
+
+
+def test_a_replayed_row_names_its_dead_letter() -> None:
+    row = row_from_event(payment(), topic="events", partition=3, offset=18, request_id="req-1",
+                         accepted_at_ms=1, replay_of="3:41")
+    (record,) = msgspec.json.decode(encode_rows([row]), type=list[RowRecord])
+    assert record.replay_of == "3:41" and record.kafka_offset == 18
 
 
 def test_event_type_is_the_contract_tag_for_every_variant() -> None:
@@ -85,6 +93,7 @@ def test_encode_rows_is_one_json_array_that_round_trips() -> None:
         assert record.occurred_at == row.occurred_at  # microseconds and zone kept
         assert record.request_id == row.request_id
         assert record.accepted_at_ms == row.accepted_at_ms
+        assert record.replay_of is None
         assert record.body == msgspec.to_builtins(row.body)
     # A null optional is written as JSON null (the warehouse casts it to NULL).
     assert records[1].request_id is None
