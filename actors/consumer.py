@@ -44,6 +44,10 @@ from actors.rows import FlushResult, SinkBatch
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S: Final = 10.0
+# Ray records an actor's repr once, when its __init__ returns (the dashboard's Repr column and
+# its log prefix): __init__ waits this long for the committed offset so the repr can name it
+# (a sink busy with other partitions may take longer; the repr then says committed=?).
+_REPR_WAIT_S: Final = 10.0
 
 
 def consumer_name(topic: str, partition: int) -> str:
@@ -117,7 +121,19 @@ class PartitionConsumer:
         self._sink_handle: Any = None
         self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
                                         daemon=True)
+        self._offset_read = threading.Event()
         self._thread.start()
+        self._offset_read.wait(_REPR_WAIT_S)
+
+    def __repr__(self) -> str:
+        """``consumer(events/3 committed=1234)``: ``?`` before the sink answered, ``none`` for
+        a partition never written. Only a lock, no Ray calls: Ray calls it on its threads."""
+        with self._lock:
+            committed = self._committed
+        if not self._offset_read.is_set():
+            return f"consumer({self._topic}/{self._partition} committed=?)"
+        shown = "none" if committed is None else str(committed)
+        return f"consumer({self._topic}/{self._partition} committed={shown})"
 
     # -- actor methods ------------------------------------------------------------------
 
@@ -202,6 +218,9 @@ class PartitionConsumer:
         topic, partition = self._topic, self._partition
         committed: int | None = self._call_sink(
             lambda s: s.committed_offset.remote(topic, partition))
+        with self._lock:
+            self._committed = committed
+        self._offset_read.set()
         now_ms = time.time_ns() // 1_000_000
         max_keys = cfg.consumer.dedup_max_keys
         window = DedupWindow(cfg.consumer.dedup_window_s, max_keys)

@@ -321,8 +321,22 @@ class SnowflakeSink:
     """The sink actor body. Keep it a SYNCHRONOUS actor: calls are serialised, which the
     exactly-once design relies on. The connection is made inside the actor, from config."""
 
-    def __init__(self, config: SnowflakeConfig, sink: SinkConfig) -> None:
+    def __init__(self, config: SnowflakeConfig, sink: SinkConfig,
+                 index: int | None = None) -> None:
         self._writer = SnowflakeWriter(config, sink)
+        self._index = index
+        self._pool_size = sink.pool_size
+        # (topic, partition) written through this sink; replaced, never mutated, so that
+        # __repr__ may read it from another thread.
+        self._written: frozenset[tuple[str, int]] = frozenset()
+
+    def __repr__(self) -> str:
+        """``sink(1 pool=2 partitions=p%2==1 wrote=events/1,3)``; no Ray calls."""
+        if self._index is None:
+            return f"sink(pool={self._pool_size} wrote={_partitions_text(self._written)})"
+        return (f"sink({self._index} pool={self._pool_size} "
+                f"partitions=p%{self._pool_size}=={self._index} "
+                f"wrote={_partitions_text(self._written)})")
 
     def ping(self) -> str:
         """The node id the actor runs on (liveness and placement checks)."""
@@ -333,7 +347,10 @@ class SnowflakeSink:
         self._writer.ensure_tables()
 
     def write(self, batch: SinkBatch) -> FlushResult:
-        return self._writer.write(batch)
+        result = self._writer.write(batch)
+        if (batch.topic, batch.partition) not in self._written:
+            self._written = self._written | {(batch.topic, batch.partition)}
+        return result
 
     def committed_offset(self, topic: str, partition: int) -> int | None:
         return self._writer.committed_offset(topic, partition)
@@ -347,6 +364,15 @@ class SnowflakeSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _partitions_text(written: frozenset[tuple[str, int]]) -> str:
+    """``events/1,3;other/0``; ``-`` when nothing was written."""
+    topics: dict[str, list[int]] = {}
+    for topic, partition in sorted(written):
+        topics.setdefault(topic, []).append(partition)
+    return ";".join(f"{topic}/{','.join(map(str, parts))}"
+                    for topic, parts in topics.items()) or "-"
 
 
 SnowflakeSinkActor = ray.remote(SnowflakeSink)

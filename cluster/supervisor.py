@@ -129,6 +129,11 @@ class Supervisor:
                                         daemon=True)
         self._thread.start()
 
+    def __repr__(self) -> str:
+        cfg = self._config
+        return (f"supervisor(namespace={cfg.namespace} topic={cfg.topics.events} "
+                f"sinks={cfg.sink.pool_size})")
+
     # -- actor methods ------------------------------------------------------------------
 
     def start(self) -> int:
@@ -268,7 +273,7 @@ class Supervisor:
             handle = SnowflakeSinkActor.options(
                 name=name, namespace=cfg.namespace, lifetime="detached", get_if_exists=True,
                 max_restarts=cfg.sink.max_restarts, num_cpus=cfg.sink.num_cpus,
-            ).remote(cfg.snowflake, cfg.sink)
+            ).remote(cfg.snowflake, cfg.sink, index)
         return handle
 
     def _ensure_consumer(self, partition: int) -> Any:
