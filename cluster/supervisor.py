@@ -29,6 +29,7 @@ import msgspec
 from actors.config import PipelineConfig
 from actors.consumer import ConsumerStatus, consumer_name, sink_name
 from actors.exceptions import EventrayError
+from cluster.pipeline_actors import pipeline_actors
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +207,17 @@ class Supervisor:
         self._thread.join(timeout_s)
         with self._reconcile_lock:
             cfg = self._config
-            consumers = []
-            for p in range(self._partitions):
-                handle = _find(consumer_name(cfg.topics.events, p), cfg.namespace)
-                if handle is not None:
-                    consumers.append(handle)
+            # By name, not range(self._partitions): a restarted supervisor knows no partitions
+            # before its first reconciliation, yet its predecessor's actors run on.
+            names = pipeline_actors(cfg.namespace, cfg.topics.events)
+            consumers = [handle for name in names.consumers
+                         if (handle := _find(name, cfg.namespace)) is not None]
             refs: list[Any] = [c.stop.remote(timeout_s) for c in consumers]
             ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
             for handle in consumers:
                 ray.kill(handle, no_restart=True)
-            for i in range(cfg.sink.pool_size):
-                handle = _find(sink_name(i), cfg.namespace)
+            for name in names.sinks:
+                handle = _find(name, cfg.namespace)
                 if handle is not None:
                     ray.kill(handle, no_restart=True)
         log.info("pipeline stopped namespace=%s", self._config.namespace)

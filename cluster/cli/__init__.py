@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("cluster.cli.up", "start the local stack: Kafka, the Snowflake emulator, Ray"),
     "down": ("cluster.cli.down", "stop what 'up' started"),
     "status": ("cluster.cli.status", "what runs, and per-partition lag of the pipeline"),
+    "stop": ("cluster.cli.stop", "stop the pipeline's actors (the stack keeps running)"),
     "gateway": ("cluster.cli.gateway", "deploy the HTTP gateway onto the running Ray instance"),
     "run": ("cluster.cli.run", "the whole job on the local stack, with a generated workload"),
     "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway' or 'bench pipeline'"),
