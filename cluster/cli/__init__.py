@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol
@@ -31,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("cluster.cli.down", "stop what 'up' started"),
     "status": ("cluster.cli.status", "what runs, and per-partition lag of the pipeline"),
     "stop": ("cluster.cli.stop", "stop the pipeline's actors (the stack keeps running)"),
+    "logs": ("cluster.cli.logs", "print or follow the log of a service or actor"),
+    "dlq": ("cluster.cli.dlq", "dead letters: list, show, replay"),
     "gateway": ("cluster.cli.gateway", "deploy the HTTP gateway onto the running Ray instance"),
     "run": ("cluster.cli.run", "the whole job on the local stack, with a generated workload"),
     "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway' or 'bench pipeline'"),
@@ -79,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `eventray dlq list | head`: the reader left. Exit quietly, as Unix tools do, and keep
+        # the interpreter's final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -124,30 +124,11 @@ def _print_file(path: Path, count: int, follow: bool, out: TextIO) -> None:
 
 # -- actors, jobs and Ray's own files, through the dashboard -----------------------------------
 
-def dashboard_url(settings: Settings, explicit: str | None) -> str:
-    """``explicit``, else the running local stack's dashboard, else the settings' one."""
-    from cluster.local.stack import running_stack
-
-    if explicit:
-        return explicit.rstrip("/")
-    stack = running_stack(settings)
-    if stack is not None:
-        return stack.dashboard_url
-    host = settings.ray.dashboard_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
-    return f"http://{host}:{settings.ray.dashboard_port}"
-
-
 def _print_ray_log(settings: Settings, args: argparse.Namespace, out: TextIO) -> None:
-    import httpx
+    from cluster.cli.dashboard_client import check_reachable, dashboard_address
 
-    address = dashboard_url(settings, args.address)
-    try:
-        httpx.get(f"{address}/api/version", timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise LogUnavailableError(f"no Ray dashboard answers at {address} ({exc}): is the cluster "
-                              f"up, and is this its dashboard (--address http://<head>:8265)?"
-                              ) from None
+    address = dashboard_address(settings, args.address)
+    check_reachable(address)
     if args.name.startswith(JOB_PREFIX):
         _print_job_log(address, args.name[len(JOB_PREFIX):], args.lines, args.follow, out)
         return
