@@ -139,6 +139,9 @@ def selection_of(args: argparse.Namespace) -> DeadLetterFilter:
 # --------------------------------------------------------------------------- commands
 
 
+_KAFKA_PROBE_S = 5.0
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     target = _target(settings)
     command = {"list": _list, "show": _show, "replay": _replay}[args.dlq_command]
@@ -146,10 +149,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _target(settings: Settings) -> Settings:
-    """The running local stack's settings when one is recorded, else the settings as given."""
+    """The running local stack's settings when one is recorded, else the settings as given;
+    Kafka must answer there (one clear error instead of librdkafka's retry lines)."""
     from cluster.local.stack import stack_settings, status
+    from cluster.preflight import ServiceUnreachableError, check_kafka
 
-    return stack_settings(settings) if status(settings) else settings
+    local = bool(status(settings))
+    target = stack_settings(settings) if local else settings
+    try:
+        check_kafka(target.kafka, timeout_s=_KAFKA_PROBE_S)
+    except ServiceUnreachableError as exc:
+        hint = "" if local else " (no local stack is recorded: `eventray up`, or set kafka.*)"
+        raise ServiceUnreachableError(f"{exc}{hint}") from None
+    return target
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
