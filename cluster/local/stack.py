@@ -190,7 +190,11 @@ def _start_ray(settings: Settings) -> ServiceInfo:
                     object_store_bytes=ray_settings.object_store_bytes,
                     num_cpus=ray_settings.num_cpus, log_dir=settings.state_path() / "logs",
                     temp_dir=ray_temp_dir(settings),
-                    extra_env={**serve_env(settings.gateway_config().serve), **env})
+                    # HAProxy's files and stats/metrics ports are the stack's own: with Ray's
+                    # defaults (/tmp/haproxy-serve, 8404, 9101) a second stack on the machine
+                    # (another state dir, a test) could not start its gateway.
+                    extra_env={**serve_env(settings.gateway_config().serve, isolate=True),
+                               **env})
     head.start()
     assert head.process is not None
     return ServiceInfo("ray", head.process.record,
