@@ -162,3 +162,5 @@ class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: ValidationRules = ValidationRules()
     namespace: str = "eventray"
     reconcile_interval_s: PositiveFloat = 2.0
+    # How often the supervisor samples lag and sets its gauges (lag, drain time, pool size).
+    metrics_interval_s: PositiveFloat = 5.0

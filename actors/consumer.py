@@ -380,7 +380,7 @@ class PartitionConsumer:
             time.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending.ref = self._submit(batch)
-        self._metrics.flushed(result.rows_written, result.seconds)
+        self._metrics.flushed(result.rows_written)
         with self._lock:
             self._committed = result.committed_offset
             self._position = batch.to_offset
@@ -394,11 +394,9 @@ class PartitionConsumer:
         tp = TopicPartition(self._topic, self._partition, offset)
         try:
             consumer.commit(offsets=[tp], asynchronous=False)
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high is not None and high >= 0:
-                self._metrics.set_lag(max(high - offset, 0))
         except KafkaException as exc:
-            # Only lag tools read the group offset; the warehouse holds the real position.
+            # Only lag tools read the group offset; the warehouse holds the real position
+            # (the supervisor exports each partition's lag from it).
             err = exc.args[0]
             log.warning("group offset commit failed name=%s offset=%d code=%s: %s",
                         self._name, offset, err.name(), err.str())

@@ -1,48 +1,54 @@
-"""Ray metrics of the pipeline actors (exported by Ray's metrics agent to Prometheus).
+"""Ray metrics of the pipeline actors (exported by each node's metrics agent to Prometheus).
 
-The metric objects are created lazily inside the actor that records them (``PipelineMetrics``
-is built in the actor's ``__init__``), never at import time and never pickled. Every series is
-tagged with ``topic`` and ``partition`` so the dashboards can show a partition's progress.
+Every metric is built from its spec in ``actors.metric_contract`` (names, labels, buckets and
+help text come from there). The metric objects are created inside the actor that records them
+(in its ``__init__`` or its loop), never at import time and never pickled. Partition series
+carry ``topic`` and ``partition``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from types import ModuleType
+from typing import Any
 
-FLUSH_SECONDS_BOUNDARIES: Final = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-_PARTITION_TAGS: Final = ("topic", "partition")
+from actors.metric_contract import (
+    DEDUP_EVICTED_EARLY,
+    EVENTS_CONSUMED,
+    EVENTS_DUPLICATE,
+    EVENTS_REJECTED,
+    EVENTS_VALIDATED,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    MetricSpec,
+)
+
+
+def ray_metric(spec: MetricSpec, module: ModuleType | None = None) -> Any:
+    """The Ray metric object for ``spec``, from ``ray.util.metrics`` unless ``module`` is given
+    (``ray.serve.metrics`` adds the replica's labels)."""
+    if module is None:
+        from ray.util import metrics
+
+        module = metrics
+    if spec.kind == "counter":
+        return module.Counter(spec.name, spec.meaning, tag_keys=spec.labels)
+    if spec.kind == "gauge":
+        return module.Gauge(spec.name, spec.meaning, tag_keys=spec.labels)
+    return module.Histogram(spec.name, spec.meaning, boundaries=list(spec.buckets),
+                            tag_keys=spec.labels)
 
 
 class PipelineMetrics:
-    """The counters, histogram and gauge of one partition consumer."""
+    """The counters of one partition consumer."""
 
     def __init__(self, topic: str, partition: int) -> None:
-        from ray.util.metrics import Counter, Gauge, Histogram
-
         self._tags = {"topic": topic, "partition": str(partition)}
-        self.consumed: Any = Counter(
-            "eventray_events_consumed", "Records read from Kafka.", tag_keys=_PARTITION_TAGS)
-        self.validated: Any = Counter(
-            "eventray_events_validated", "Events that passed every rule.",
-            tag_keys=_PARTITION_TAGS)
-        self.rejected: Any = Counter(
-            "eventray_events_rejected", "Events sent to the dead-letter topic, by reason code.",
-            tag_keys=(*_PARTITION_TAGS, "reason"))
-        self.duplicates: Any = Counter(
-            "eventray_events_duplicate", "Events dropped as duplicates of written ones.",
-            tag_keys=_PARTITION_TAGS)
-        self.dedup_early: Any = Counter(
-            "eventray_dedup_evicted_early",
-            "Keys the dedup window forgot before dedup_window_s ended (dedup_max_keys reached).",
-            tag_keys=_PARTITION_TAGS)
-        self.sink_rows: Any = Counter(
-            "eventray_sink_rows", "Rows written to the warehouse.", tag_keys=_PARTITION_TAGS)
-        self.flush_seconds: Any = Histogram(
-            "eventray_flush_seconds", "Duration of one warehouse write (batch).",
-            boundaries=FLUSH_SECONDS_BOUNDARIES, tag_keys=_PARTITION_TAGS)
-        self.lag: Any = Gauge(
-            "eventray_partition_lag", "End offset minus the committed offset.",
-            tag_keys=_PARTITION_TAGS)
+        self.consumed: Any = ray_metric(EVENTS_CONSUMED)
+        self.validated: Any = ray_metric(EVENTS_VALIDATED)
+        self.rejected: Any = ray_metric(EVENTS_REJECTED)
+        self.duplicates: Any = ray_metric(EVENTS_DUPLICATE)
+        self.dedup_early: Any = ray_metric(DEDUP_EVICTED_EARLY)
+        self.sink_rows: Any = ray_metric(SINK_ROWS)
 
     def count(self, consumed: int, validated: int, duplicates: int,
               rejected_by_reason: dict[str, int]) -> None:
@@ -59,11 +65,19 @@ class PipelineMetrics:
     def dedup_evicted_early(self, keys: int) -> None:
         self.dedup_early.inc(keys, tags=self._tags)
 
-    def flushed(self, rows: int, seconds: float) -> None:
+    def flushed(self, rows: int) -> None:
         """Record one committed warehouse write."""
         if rows:
             self.sink_rows.inc(rows, tags=self._tags)
-        self.flush_seconds.observe(seconds, tags=self._tags)
 
-    def set_lag(self, lag: int) -> None:
-        self.lag.set(lag, tags=self._tags)
+
+class SinkMetrics:
+    """The write-latency histogram of one sink actor (``sink`` is its actor name)."""
+
+    def __init__(self, sink: str) -> None:
+        self._sink = sink
+        self.write_seconds: Any = ray_metric(SINK_WRITE_SECONDS)
+
+    def wrote(self, topic: str, partition: int, seconds: float) -> None:
+        self.write_seconds.observe(seconds, tags={"topic": topic, "partition": str(partition),
+                                                  "sink": self._sink})

@@ -39,6 +39,7 @@ from snowflake.connector import errors as sf_errors
 
 from actors.config import SinkConfig, SnowflakeConfig
 from actors.exceptions import OffsetGapError, SinkError
+from actors.metrics import SinkMetrics
 from actors.request_compression import set_request_compression
 from actors.retry_window import replay_key
 from actors.rows import FlushResult, SinkBatch
@@ -329,6 +330,7 @@ class SnowflakeSink:
         # (topic, partition) written through this sink; replaced, never mutated, so that
         # __repr__ may read it from another thread.
         self._written: frozenset[tuple[str, int]] = frozenset()
+        self._metrics = _actor_metrics()
 
     def __repr__(self) -> str:
         """``sink(1 pool=2 partitions=p%2==1 wrote=events/1,3)``; no Ray calls."""
@@ -348,6 +350,8 @@ class SnowflakeSink:
 
     def write(self, batch: SinkBatch) -> FlushResult:
         result = self._writer.write(batch)
+        if self._metrics is not None:
+            self._metrics.wrote(batch.topic, batch.partition, result.seconds)
         if (batch.topic, batch.partition) not in self._written:
             self._written = self._written | {(batch.topic, batch.partition)}
         return result
@@ -364,6 +368,15 @@ class SnowflakeSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _actor_metrics() -> SinkMetrics | None:
+    """The sink's metrics when it runs as a named Ray actor (labelled with its name); None for
+    the plain class outside an actor (tests)."""
+    if not ray.is_initialized():
+        return None
+    name = ray.get_runtime_context().get_actor_name()
+    return SinkMetrics(name) if name else None
 
 
 def _partitions_text(written: frozenset[tuple[str, int]]) -> str:

@@ -83,6 +83,7 @@ class PipelineSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sink: SinkConfig = SinkConfig()
     rules: ValidationRules = ValidationRules()
     reconcile_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    metrics_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -109,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return PipelineConfig(
             kafka=self.kafka, topics=self.topics, snowflake=self.snowflake,
             consumer=p.consumer, sink=p.sink, rules=p.rules, namespace=self.ray.namespace,
-            reconcile_interval_s=p.reconcile_interval_s,
+            reconcile_interval_s=p.reconcile_interval_s, metrics_interval_s=p.metrics_interval_s,
         )
 
     def connect_ray(self, **kwargs: Any) -> Any:

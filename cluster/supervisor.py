@@ -129,6 +129,9 @@ class Supervisor:
         self._thread = threading.Thread(target=self._loop, name="eventray-supervisor",
                                         daemon=True)
         self._thread.start()
+        # Its own thread: a status round waits for slow consumers and must not delay healing.
+        threading.Thread(target=self._metrics_loop, name="eventray-supervisor-metrics",
+                         daemon=True).start()
 
     def __repr__(self) -> str:
         cfg = self._config
@@ -233,6 +236,19 @@ class Supervisor:
                     self._last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("reconciliation failed; retrying in %.1fs",
                               self._config.reconcile_interval_s)
+
+    def _metrics_loop(self) -> None:
+        """Export lag, drain time and pool size (``cluster.supervisor_metrics``)."""
+        from cluster.supervisor_metrics import SupervisorMetrics
+
+        metrics = SupervisorMetrics()
+        interval = self._config.metrics_interval_s
+        while not self._stop.wait(interval):
+            try:
+                metrics.publish(self.status().partitions, self._config.sink.pool_size,
+                                time.monotonic())
+            except Exception:  # the gauges keep their last values; retried next interval
+                log.exception("publishing metrics failed; retrying in %.1fs", interval)
 
     def _reconcile(self) -> None:
         from actors.kafka_admin import ensure_topics, partition_counts

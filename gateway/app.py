@@ -47,7 +47,7 @@ from gateway.exceptions import (
     ProducerClosedError,
     RequestRejectedError,
 )
-from gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from gateway.metrics import METRICS_CONTENT_TYPE, MetricsFactory, PrometheusGatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.producer import DeliveryProducer
 from gateway.responses import (
@@ -71,14 +71,15 @@ _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]+$")
 class Gateway:
     """The request handlers and the state they share; one per app."""
 
-    def __init__(self, config: GatewayConfig, *, request_id_header: bool = True) -> None:
+    def __init__(self, config: GatewayConfig, *, request_id_header: bool = True,
+                 metrics: MetricsFactory = PrometheusGatewayMetrics) -> None:
         self.config = config
         self.request_id_header = request_id_header
         self.codec = EventCodec()
         self.decoder = BodyDecoder(self.codec, config.max_events_per_request)
         self.auth = ApiKeyCheck(config.api_keys)
         self.producer = DeliveryProducer(config)
-        self.metrics = GatewayMetrics(self.producer.queue_length)
+        self.metrics = metrics(self.producer.queue_length)
         self.encoder = msgspec.json.Encoder()
         self.retry_after = str(config.producer.retry_after_s)
         self.openapi = msgspec.json.encode(openapi_document(config))
@@ -92,10 +93,25 @@ class Gateway:
         # throughput-optimized mode freezes at replica start too; this covers plain uvicorn
         # and what the app built since.
         gc.freeze()
+        sampler = None
+        if self.metrics.sample_interval_s is not None:
+            sampler = asyncio.create_task(self._sample_metrics(self.metrics.sample_interval_s))
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
             await self.producer.aclose(self.config.producer.flush_timeout_s)
+            self.metrics.sample()  # what was counted since the last sample
+
+    async def _sample_metrics(self, interval_s: float) -> None:
+        """Gauges that are pushed, not read at scrape time (Ray metrics under Serve)."""
+        while True:
+            try:
+                self.metrics.sample()
+            except Exception:  # a gauge keeps its last value; sampled again next interval
+                log.exception("sampling the gateway metrics failed")
+            await asyncio.sleep(interval_s)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -119,7 +135,7 @@ class Gateway:
                 events = [self.decoder.decode_one(body, media)]
             response = await self._produce(request_id, events)
         except RequestRejectedError as exc:
-            self.metrics.events_refused.labels(exc.error).inc(exc.events)
+            self.metrics.refused(exc.error, exc.events)
             response = self._error(request_id, exc.status, exc.error, exc.message, exc.problems)
         except ProducerBusyError as exc:
             response = self._unavailable(request_id, 429, "producer_busy", str(exc), events)
@@ -130,9 +146,9 @@ class Gateway:
         except KafkaRejectedError as exc:
             log.exception("rejected by Kafka request_id=%s events=%d code=%s",
                           request_id, len(events), exc.code)
-            self.metrics.events_refused.labels("kafka_rejected").inc(len(events))
+            self.metrics.refused("kafka_rejected", len(events))
             response = self._error(request_id, 500, "kafka_rejected", str(exc), [])
-        self.metrics.requests.labels(route, str(response.status_code)).inc()
+        self.metrics.request(route, response.status_code)
         return response
 
     async def _read_body(self, request: Request) -> bytes:
@@ -165,8 +181,7 @@ class Gateway:
         values = [encode(event) for event in events]
         started = time.perf_counter()
         deliveries = await self.producer.produce(keys, values, headers)
-        self.metrics.produce_latency.observe(time.perf_counter() - started)
-        self.metrics.events_accepted.inc(len(events))
+        self.metrics.accepted(len(events), time.perf_counter() - started)
         topic = self.producer.topic
         results = list(map(DeliveredEvent, range(len(events)),
                            [event.event_id for event in events], repeat(topic, len(events)),
@@ -176,7 +191,7 @@ class Gateway:
 
     def _unavailable(self, request_id: str, status: int, error: str, message: str,
                      events: list[Event]) -> Response:
-        self.metrics.events_refused.labels(error).inc(max(len(events), 1))
+        self.metrics.refused(error, max(len(events), 1))
         response = self._error(request_id, status, error, message, [])
         response.headers["retry-after"] = self.retry_after
         return response
@@ -216,7 +231,7 @@ class Gateway:
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        self.metrics.requests.labels("other", str(exc.status_code)).inc()
+        self.metrics.request("other", exc.status_code)
         response = self._error(uuid.uuid4().hex, exc.status_code, error, str(exc.detail),
                                [Problem(None, "path", f"{request.method} {request.url.path}")])
         if exc.headers:
@@ -247,13 +262,16 @@ def _too_large(size: int, limit: int) -> RequestRejectedError:
         [Problem(None, "$", f"body larger than {limit} bytes")])
 
 
-def create_app(config: GatewayConfig, *, request_id_header: bool = True) -> Starlette:
+def create_app(config: GatewayConfig, *, request_id_header: bool = True,
+               metrics: MetricsFactory = PrometheusGatewayMetrics) -> Starlette:
     """The gateway app. Build it in the process that serves it (it holds msgspec decoders).
 
     Each request's id is its X-Request-Id header when sane, else a new one; it is written to
     every record and answered as X-Request-Id (unless ``request_id_header`` is False, for
-    hosts such as Ray Serve that add that header themselves)."""
-    gateway = Gateway(config, request_id_header=request_id_header)
+    hosts such as Ray Serve that add that header themselves). ``metrics`` builds the metrics
+    recorder (``gateway.metrics``): Prometheus text at /metrics by default, Ray metrics on
+    Serve."""
+    gateway = Gateway(config, request_id_header=request_id_header, metrics=metrics)
     app = Starlette(
         routes=gateway.routes(),
         middleware=[],

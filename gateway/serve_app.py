@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServeConfig
+from gateway.metrics import RayGatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ class GatewayDeployment:
         self._config = config
 
     def __serve_build_asgi_app__(self) -> Any:
-        # Serve's own middleware already answers with X-Request-Id (the id we adopt).
-        return create_app(self._config, request_id_header=False)
+        # Serve's own middleware already answers with X-Request-Id (the id we adopt). Metrics
+        # go to Ray's export, labelled with this replica: a scrape through HAProxy would
+        # reach any one replica.
+        return create_app(self._config, request_id_header=False, metrics=RayGatewayMetrics)
 
 
 def deployment_options(serve: ServeConfig) -> dict[str, Any]:
