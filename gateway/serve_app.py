@@ -17,9 +17,11 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.durability import check_durability
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServeConfig
 from gateway.metrics import RayGatewayMetrics
@@ -33,15 +35,19 @@ _HAPROXY_CONFIG_ENV = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"
 _DEFAULT_HAPROXY_CONFIG = "/tmp/haproxy-serve/haproxy.cfg"  # noqa: S108 - Ray's own default
 
 
-def serve_env(serve: ServeConfig, *, isolate: bool = False) -> dict[str, str]:
+def serve_env(serve: ServeConfig, *, isolate: bool = False,
+              pick_port: Callable[[], int] | None = None) -> dict[str, str]:
     """Environment variables to set before the Ray cluster starts.
 
     With ``isolate``, HAProxy's config, sockets and state files go to a fresh directory and its
     stats and metrics listeners take free ports, so several Serve instances can share one
     machine (tests, benchmarks); without it Ray's defaults (/tmp/haproxy-serve, ports
     8404/9101) apply. The directory is short and under /tmp on purpose: Ray nests a 56-char
-    node id in it and HAProxy refuses socket paths over 97 bytes.
+    node id in it and HAProxy refuses socket paths over 97 bytes. ``pick_port`` chooses those
+    ports (default: the OS's pick, from the ephemeral range, where Ray's own workers may take
+    one before HAProxy binds it: callers that can, pass a picker outside that range).
     """
+    pick = pick_port or free_port
     env = {HAPROXY_ENV: "1" if serve.haproxy else "0",
            THROUGHPUT_ENV: "1" if serve.throughput_optimized else "0",
            HAPROXY_METRICS_ENV: "1" if serve.haproxy_request_metrics else "0"}
@@ -53,8 +59,8 @@ def serve_env(serve: ServeConfig, *, isolate: bool = False) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(pick()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(pick()),
         })
     return env
 
@@ -132,9 +138,11 @@ def build_application(config: GatewayConfig) -> Any:
 
 def deploy(config: GatewayConfig) -> str:
     """Start Serve's ingress on ``config.host:config.port`` (if not started) and run the
-    gateway; returns its base URL. Call after ``ray.init``."""
+    gateway; returns its base URL. Call after ``ray.init``. Refuses a topic whose replication
+    makes acks=all meaningless (``DurabilityError``) unless ``topics.durability`` is local."""
     from ray import serve
 
+    check_durability(config.kafka, config.topics, [config.topics.events])
     for name, wanted in serve_env(config.serve).items():
         if os.environ.get(name, "0") != wanted:
             log.warning("%s=%s is wanted but this process has %s; the Ray cluster's own "

@@ -387,7 +387,7 @@ def ray_serve(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Phas
     from cluster.local.processes import free_port
     from gateway.serve_app import deploy, haproxy_pids, serve_env
 
-    env = serve_env(config.serve, isolate=True)
+    env = serve_env(config.serve, isolate=True, pick_port=free_port)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
     use_loopback_for_in_process_ray()
@@ -468,7 +468,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         base = settings.gateway_config()
         config = msgspec.structs.replace(
             base, host="127.0.0.1", kafka=connection, api_keys=[],
-            topics=TopicsConfig(events=topic, partitions=settings.topics.partitions),
+            topics=TopicsConfig(events=topic, partitions=settings.topics.partitions,
+                                replication_factor=1, min_insync_replicas=1,
+                                durability="local"),  # created above with one replica
             serve=msgspec.structs.replace(base.serve, app_name="eventray-bench-gateway",
                                           num_replicas=args.replicas, autoscaling=False),
         )

@@ -37,7 +37,7 @@ from cluster.local.processes import (
 )
 from cluster.local.ray_head import LocalRay
 from cluster.local.snowflake_emulator import LocalSnowflake
-from cluster.settings import ENV_PREFIX, Settings
+from cluster.settings import ENV_PREFIX, SINGLE_BROKER_TOPICS, Settings
 from gateway.serve_app import serve_env
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,8 @@ def _start_ray(settings: Settings) -> ServiceInfo:
                     # HAProxy's files and stats/metrics ports are the stack's own: with Ray's
                     # defaults (/tmp/haproxy-serve, 8404, 9101) a second stack on the machine
                     # (another state dir, a test) could not start its gateway.
-                    extra_env={**serve_env(settings.gateway_config().serve, isolate=True),
+                    extra_env={**serve_env(settings.gateway_config().serve, isolate=True,
+                                         pick_port=free_port),
                                **env})
     head.start()
     assert head.process is not None
@@ -229,12 +230,15 @@ def ray_temp_dir(settings: Settings) -> Path:
 
 
 def service_overrides(bootstrap_servers: str, snowflake_port: int) -> dict[str, Any]:
-    """The settings that point a client at the stack's Kafka and Snowflake emulator."""
+    """The settings that point a client at the stack's Kafka and Snowflake emulator, and say
+    that its Kafka is one broker: topics get one replica, which is all there can be, and
+    ``topics.durability = "local"`` accepts them (``actors.durability``)."""
     return {
         "kafka.bootstrap_servers": bootstrap_servers,
         "snowflake.host": HOST,
         "snowflake.port": snowflake_port,
         "snowflake.protocol": "http",
+        **SINGLE_BROKER_TOPICS,
     }
 
 

@@ -17,8 +17,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from actors.config import KafkaConnection, TopicsConfig
 from actors.contract import HEADER_CONTENT_TYPE, HEADER_REQUEST_ID
+from cluster.local.processes import free_port
 from gateway.config import GatewayConfig, ServeConfig
-from gateway.serve_app import deploy, free_port, haproxy_pids, serve_env
+from gateway.serve_app import deploy, haproxy_pids, serve_env
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def served(kafka_connection: KafkaConnection) -> Iterator[tuple[str, str, dict[s
     admin = AdminClient(kafka_connection.client_config())
     for future in admin.create_topics([NewTopic(topic, 4, 1)]).values():
         future.result(timeout=30)
-    env = serve_env(ServeConfig(), isolate=True)
+    env = serve_env(ServeConfig(), isolate=True, pick_port=free_port)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
     # address="local": a fresh instance even when `ray start` runs on this machine.
@@ -49,7 +50,8 @@ def served(kafka_connection: KafkaConnection) -> Iterator[tuple[str, str, dict[s
              log_to_driver=False)
     try:
         config = GatewayConfig(
-            port=free_port(), kafka=kafka_connection, topics=TopicsConfig(events=topic),
+            port=free_port(), kafka=kafka_connection,
+            topics=TopicsConfig(events=topic, durability="local"),  # a one-broker topic
             serve=ServeConfig(app_name="gw-test", num_replicas=1, replica_num_cpus=0.25),
         )
         yield deploy(config), topic, env

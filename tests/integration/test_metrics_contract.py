@@ -60,10 +60,11 @@ from actors.metric_contract import (
     MetricSpec,
 )
 from actors.validation import check_event, reason_code
+from cluster.local.processes import free_port
 from cluster.settings import Settings
 from cluster.supervisor import start_pipeline, stop_pipeline
 from gateway.config import GatewayConfig, ServeConfig
-from gateway.serve_app import deploy, free_port, serve_env
+from gateway.serve_app import deploy, serve_env
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +164,7 @@ def metrics_url() -> Iterator[str]:
     import ray
     from ray import serve
 
-    env = serve_env(ServeConfig(), isolate=True)
+    env = serve_env(ServeConfig(), isolate=True, pick_port=free_port)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
     ray.init(address="local", num_cpus=4, include_dashboard=False,
