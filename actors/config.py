@@ -59,7 +59,21 @@ class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: str = "events"
     dead_letter: str = "events.dlq"
     partitions: PositiveInt = 4
-    replication_factor: PositiveInt = 1
+    # What topics are created with. acks=all waits for min.insync.replicas copies: with fewer
+    # than 2 of either, an acknowledged event lives on one broker only (actors.durability).
+    replication_factor: PositiveInt = 3
+    min_insync_replicas: PositiveInt = 2
+    # "local": a single-broker development cluster (the local stack, tests), where existing
+    # topics with one replica are accepted; "replicated" refuses them (actors.durability).
+    durability: Literal["replicated", "local"] = "replicated"
+
+    def __post_init__(self) -> None:
+        from actors.durability import settings_problem
+
+        problem = settings_problem(self.replication_factor, self.min_insync_replicas,
+                                   self.durability)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -15,6 +15,10 @@ class ConfigError(EventrayError):
     """A setting is missing or invalid; the message names the key and the reason."""
 
 
+class DurabilityError(ConfigError):
+    """A topic's replication makes acks=all meaningless (``actors.durability``)."""
+
+
 class ContractError(EventrayError):
     """An event does not match the contract."""
 

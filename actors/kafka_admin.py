@@ -11,6 +11,7 @@ import logging
 from typing import Any, Final
 
 from actors.config import KafkaConnection, TopicsConfig
+from actors.durability import TopicDurability
 from actors.exceptions import KafkaDeliveryError
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,21 @@ def ensure_topics(conn: KafkaConnection, topics: TopicsConfig) -> None:
     if missing:
         source = existing.get(topics.events, topics.partitions)
         new = [NewTopic(name, num_partitions=source if name == topics.dead_letter
-                        else topics.partitions, replication_factor=topics.replication_factor)
+                        else topics.partitions, replication_factor=topics.replication_factor,
+                        config={"min.insync.replicas": str(topics.min_insync_replicas)})
                for name in missing]
         for name, future in admin.create_topics(new, operation_timeout=_TIMEOUT_S).items():
             try:
                 future.result(timeout=_TIMEOUT_S)
-                log.info("created topic=%s", name)
+                log.info("created topic=%s replication_factor=%d min_insync_replicas=%d", name,
+                         topics.replication_factor, topics.min_insync_replicas)
             except KafkaException as exc:
                 # Another process created it in between: that is what we wanted.
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise _error(f"creating topic {name} failed", exc) from exc
+                    raise _error(
+                        f"creating topic {name} failed (topics.replication_factor="
+                        f"{topics.replication_factor} topics.min_insync_replicas="
+                        f"{topics.min_insync_replicas})", exc) from exc
         existing = partition_counts(conn, [topics.events, topics.dead_letter])
     source = existing.get(topics.events, 0)
     dlq = existing.get(topics.dead_letter, 0)
@@ -100,6 +106,38 @@ def ensure_topics(conn: KafkaConnection, topics: TopicsConfig) -> None:
                 # Raced with another grower: fine if the count now matches.
                 if partition_counts(conn, [name]).get(name, 0) < source:
                     raise _error(f"growing topic {name} failed", exc) from exc
+
+
+def topic_durability(conn: KafkaConnection, topics: list[str]) -> list[TopicDurability]:
+    """Replication factor (the fewest replicas of any partition) and effective
+    ``min.insync.replicas`` of each existing topic among ``topics`` (missing ones left out)."""
+    from confluent_kafka import KafkaException
+
+    # The public name; the package's __init__ imports it without re-exporting it for mypy.
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+    admin = _admin(conn)
+    try:
+        metadata = admin.list_topics(timeout=_TIMEOUT_S)
+    except KafkaException as exc:
+        raise _error("listing topics failed", exc) from exc
+    replicas = {name: min((len(p.replicas) for p in topic.partitions.values()), default=0)
+                for name in topics
+                if (topic := metadata.topics.get(name)) is not None and topic.error is None}
+    if not replicas:
+        return []
+    resources = [ConfigResource("topic", name) for name in replicas]
+    found: list[TopicDurability] = []
+    for resource, future in admin.describe_configs(resources,
+                                                   request_timeout=_TIMEOUT_S).items():
+        try:
+            entries = future.result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _error(f"describing topic {resource.name} failed", exc) from exc
+        found.append(TopicDurability(
+            topic=resource.name, replication_factor=replicas[resource.name],
+            min_insync_replicas=int(entries["min.insync.replicas"].value)))
+    return sorted(found, key=lambda t: topics.index(t.topic))
 
 
 def end_offsets(conn: KafkaConnection, topic: str) -> dict[int, int]:

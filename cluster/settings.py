@@ -36,6 +36,13 @@ from gateway.config import GatewayConfig, ProducerTuning, ServeConfig
 
 ENV_PREFIX = "EVENTRAY_"
 CONFIG_ENV = "EVENTRAY_CONFIG"
+# A single-broker Kafka (the local stack, tests, benchmarks): topics can only have one replica,
+# and durability "local" accepts that (``actors.durability``); production keeps 3 and 2.
+SINGLE_BROKER_TOPICS: Mapping[str, Any] = {
+    "topics.replication_factor": 1,
+    "topics.min_insync_replicas": 1,
+    "topics.durability": "local",
+}
 
 
 class RayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

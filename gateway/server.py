@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 
+from actors.durability import check_durability
 from actors.secret import Secret, secret_dec_hook
 from gateway.app import create_app
 from gateway.config import GatewayConfig
@@ -55,7 +56,9 @@ def serve_uvicorn(config: GatewayConfig, *, start_timeout_s: float = 30.0,
     """Serve the app in a background thread; yield its base URL; stop it on exit.
 
     Pass ``app`` (from ``create_app(config)``) to keep a handle on it, e.g. its
-    ``app.state.gateway``."""
+    ``app.state.gateway``. Refuses a topic whose replication makes acks=all meaningless
+    (``DurabilityError``) unless ``topics.durability`` is local."""
+    check_durability(config.kafka, config.topics, [config.topics.events])
     server = build_server(config, app=app)
     errors: list[BaseException] = []
 
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = msgspec.json.decode(sys.stdin.buffer.read(), type=GatewayConfig,
                                  dec_hook=secret_dec_hook)
+    check_durability(config.kafka, config.topics, [config.topics.events])
     server = build_server(config, log_level=args.log_level)
 
     def announce_when_started() -> None:

@@ -60,7 +60,7 @@ from cluster.bench.cpu_usage import CpuReport, usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.local.ray_head import use_loopback_for_in_process_ray
-from cluster.settings import Settings
+from cluster.settings import SINGLE_BROKER_TOPICS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +329,10 @@ def _pipeline_config(settings: Settings, kafka: KafkaConnection, snowflake: Snow
     base = settings.pipeline_config()
     return msgspec.structs.replace(
         base, kafka=kafka,
+        # The bench creates its topics with one replica (_create_topic): say so.
         topics=msgspec.structs.replace(base.topics, events=topic, dead_letter=f"{topic}.dlq",
-                                       partitions=partitions),
+                                       partitions=partitions, replication_factor=1,
+                                       min_insync_replicas=1, durability="local"),
         snowflake=msgspec.structs.replace(snowflake, events_table=f"PIPE_{tag}",
                                           offsets_table=f"PIPE_OFFSETS_{tag}"),
         consumer=msgspec.structs.replace(base.consumer, group_id=f"bench-{tag.lower()}",
@@ -418,7 +420,7 @@ def _gateway(settings: Settings, kafka: KafkaConnection, topic: str,
     gw_settings = settings.with_overrides({
         "kafka.bootstrap_servers": kafka.bootstrap_servers, "topics.events": topic,
         "topics.dead_letter": f"{topic}.dlq", "topics.partitions": partitions,
-        "gateway.port": free_port(), "gateway.host": "127.0.0.1"})
+        **SINGLE_BROKER_TOPICS, "gateway.port": free_port(), "gateway.host": "127.0.0.1"})
     config = gw_settings.gateway_config()
     path = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen([sys.executable, "-m", "gateway.server"], stdin=subprocess.PIPE,

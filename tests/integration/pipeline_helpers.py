@@ -30,7 +30,7 @@ from actors.contract import (
 )
 from actors.kafka_admin import end_offsets
 from cluster.bench.workload import Workload, WorkloadSpec, generate
-from cluster.settings import Settings
+from cluster.settings import SINGLE_BROKER_TOPICS, Settings
 from cluster.supervisor import get_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +55,7 @@ def pipeline_settings(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, par
         "topics.events": f"pipe-{tag}",
         "topics.dead_letter": f"pipe-{tag}.dlq",
         "topics.partitions": partitions,
+        **SINGLE_BROKER_TOPICS,  # the session's broker is one broker
         "snowflake.account": snowflake.account,
         "snowflake.user": snowflake.user,
         "snowflake.password": snowflake.password.reveal(),

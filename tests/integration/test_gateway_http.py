@@ -64,7 +64,7 @@ def create_topic(connection: KafkaConnection, partitions: int = 4) -> str:
 def gateway_config(connection: KafkaConnection, topic: str, **changes: Any) -> GatewayConfig:
     return GatewayConfig(
         port=0, max_body_bytes=MAX_BODY, max_events_per_request=MAX_EVENTS, kafka=connection,
-        topics=TopicsConfig(events=topic),
+        topics=TopicsConfig(events=topic, durability="local"),  # a one-broker topic
         producer=changes.pop("producer", ProducerTuning(delivery_timeout_s=15.0)), **changes,
     )
 

@@ -51,7 +51,8 @@ def test_503_while_the_broker_is_down_then_accepted_again(own_broker: LocalKafka
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
         future.result(timeout=30)
     config = GatewayConfig(
-        port=0, kafka=connection, topics=TopicsConfig(events=topic), max_events_per_request=10,
+        port=0, kafka=connection, topics=TopicsConfig(events=topic, durability="local"),
+        max_events_per_request=10,
         producer=ProducerTuning(delivery_timeout_s=DEADLINE_S, retry_after_s=2,
                                 readiness_timeout_s=1.0, queue_max_messages=15),
     )

@@ -75,6 +75,10 @@ def test_the_ray_heads_environment_reads_back_as_the_stacks_addresses() -> None:
         "EVENTRAY_SNOWFLAKE__HOST": "127.0.0.1",
         "EVENTRAY_SNOWFLAKE__PORT": "28089",
         "EVENTRAY_SNOWFLAKE__PROTOCOL": "http",
+        # One broker: topics with one replica, accepted as local durability.
+        "EVENTRAY_TOPICS__REPLICATION_FACTOR": "1",
+        "EVENTRAY_TOPICS__MIN_INSYNC_REPLICAS": "1",
+        "EVENTRAY_TOPICS__DURABILITY": "local",
     }
     loaded = load_settings(environ=env)
     assert loaded == Settings().with_overrides(overrides)
