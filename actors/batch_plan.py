@@ -23,16 +23,19 @@ from typing import Final
 import msgspec
 
 from actors.config import ValidationRules
-from actors.contract import Event, EventCodec, FieldError, describe_error
+from actors.contract import HEADER_ACCEPTED_AT_MS, Event, EventCodec, FieldError, describe_error
 from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, Recovered, event_key
 from actors.exceptions import EventrayError
-from actors.records import SourceRecord
-from actors.retry_window import DedupKey, DedupWindow, replay_key
+from actors.records import SourceHeaders, SourceRecord
+from actors.retry_window import DISORDER_SLACK_MS, DedupKey, DedupWindow, replay_key
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
 
 CONTRACT_REASON: Final = "contract"
 _offset_of: Final = operator.attrgetter("offset")
+_NEVER: Final = 2**63  # above any offset
+# (offset, event key, accept time) of a record dead-lettered before its batch's main pass.
+_EarlyKey = tuple[int, DedupKey, int]
 
 
 class BatchPlan(msgspec.Struct, frozen=True):
@@ -72,34 +75,47 @@ def plan_batch(
     """Decode, validate and de-duplicate ``records`` (ascending offsets) into a ``BatchPlan``.
 
     Records at or below ``recovered.watermark`` were processed before a restart: those in
-    ``recovered.offsets`` are already dead-lettered and skipped; the others were valid then and
-    stay valid (the first verdict wins, so a time-based rule cannot flip them). An event whose
-    key is in ``window`` is a duplicate: neither written nor dead-lettered. The keys of new
-    rows and dead letters are added to ``window``, so duplicates inside the batch count too.
-    A record that breaks the contract has no trustworthy key and is always dead-lettered.
-    Replayed records are de-duplicated on their dead letter (see the module docstring).
+    ``recovered.offsets`` are already dead-lettered and skipped; the others were written or
+    dropped as duplicates then. The window decides which, as it did then (it holds what it
+    held, see ``actors.window_rebuild``), and a written one stays valid (the first verdict
+    wins, so a time-based rule cannot flip it). An event whose key the window holds within
+    its window of the record's accept time is a duplicate: neither written nor dead-lettered.
+    The keys of new rows and dead letters are added to ``window``, so duplicates inside the
+    batch count too. A record that breaks the contract is always dead-lettered; its key, when
+    its value has one, enters the window like any dead letter's (a restarted consumer reads it
+    back from the dead-letter topic). Replayed records are de-duplicated on their dead letter
+    (see the module docstring). ``window`` first forgets keys too old for this batch.
     """
     from_offset, to_offset = batch_range(next_from, records)
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
+    window.evict((records[0].accepted_at_ms or arrival_ms) - DISORDER_SLACK_MS)
     letters: list[DeadLetter] = []
     rejected: dict[str, int] = {}
 
     def dead_letter(record: SourceRecord, reason: str) -> None:
-        headers = tuple((k, v) for k, v in record.headers if v is not None)
+        at_ms = record.accepted_at_ms or arrival_ms
         letters.append(DeadLetter(source_offset=record.offset, key=record.key,
                                   value=record.value or b"", reason=reason,
-                                  headers=headers))
+                                  headers=_letter_headers(record.headers, at_ms)))
         code = reason_code(reason)
         rejected[code] = rejected.get(code, 0) + 1
 
-    decoded, events, verdicts, already, replayed_twice = _decode_and_check(
+    checked = _decode_and_check(
         records, topic=topic, partition=partition, codec=codec, rules=rules, now=now,
         window=window, recovered=recovered, arrival_ms=arrival_ms, dead_letter=dead_letter)
+    decoded, events, verdicts, already, replayed_twice, early = checked
     rows: list[EventRow] = []
     add_row = rows.append
     duplicates = replayed_twice
     first_seen = window.first_seen
+    # Keys of records dead-lettered before decoding enter the window in offset order with
+    # the others, as a window rebuilt in offset order has them.
+    early_at = 0
+    next_early = early[0][0] if early else _NEVER
     for record, event, reason in zip(decoded, events, verdicts, strict=True):
+        if record.offset > next_early:
+            early_at = _add_dead_lettered(window, early, early_at, record.offset)
+            next_early = early[early_at][0] if early_at < len(early) else _NEVER
         accepted_at_ms = record.accepted_at_ms
         at_ms = arrival_ms if accepted_at_ms is None else accepted_at_ms
         key = (event.account_id, event.event_id)
@@ -109,6 +125,9 @@ def plan_batch(
                 duplicates += 1
                 continue
         elif not _admit_replayed_event(window, key, at_ms, written=reason is None):
+            # Held as if it had never come: a restarted window (rebuilt from what was written
+            # and dead-lettered) does not know this replay either.
+            window.discard(replay_key(replay_of))
             duplicates += 1
             continue
         if reason is not None:
@@ -116,7 +135,8 @@ def plan_batch(
         else:
             add_row(row_from_event(event, topic=topic, partition=partition,
                                    offset=record.offset, request_id=record.request_id,
-                                   accepted_at_ms=accepted_at_ms, replay_of=replay_of))
+                                   accepted_at_ms=at_ms, replay_of=replay_of))
+    _add_dead_lettered(window, early, early_at, _NEVER)
     letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
     batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                       to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
@@ -128,7 +148,7 @@ def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
                           written: bool) -> bool:
     """Whether a replay (its dead letter not replayed before) of the event ``key`` goes on:
     not when the event was written as a row meanwhile. Marks the key ``written`` or not."""
-    if window.written(key):
+    if window.written(key, at_ms):
         return False
     if written:
         window.mark_written(key, at_ms)
@@ -137,24 +157,38 @@ def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
     return True
 
 
+def _add_dead_lettered(window: DedupWindow, early: list[_EarlyKey], start: int,
+                       below: int) -> int:
+    """Add the keys of ``early[start:]`` at offsets below ``below``, as dead-lettered (a later
+    retry of them is a duplicate); return where the rest starts."""
+    at = start
+    while at < len(early) and early[at][0] < below:
+        _, key, at_ms = early[at]
+        window.add(key, at_ms, written=False)
+        at += 1
+    return at
+
+
 def _decode_and_check(
     records: Sequence[SourceRecord], *, topic: str, partition: int, codec: EventCodec,
     rules: ValidationRules, now: datetime, window: DedupWindow, recovered: Recovered,
     arrival_ms: int, dead_letter: Callable[[SourceRecord, str], None],
-) -> tuple[list[SourceRecord], list[Event], list[str | None], int, int]:
+) -> tuple[list[SourceRecord], list[Event], list[str | None], int, int, list[_EarlyKey]]:
     """Decode ``records`` (dead-lettering contract failures) and apply the business rules:
     ``(records that decoded, their events, their verdicts (None: valid), records skipped as
-    already dead-lettered, replays of a dead letter replayed before (dropped))``."""
+    already dead-lettered, replays of a dead letter replayed before (dropped), the event keys
+    of records dead-lettered here or before a restart, by offset)``."""
     already = replayed_twice = 0
     todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
+    skipped: list[_EarlyKey] = []
     watermark = recovered.watermark
     for record in records:
         at_ms = record.accepted_at_ms or arrival_ms
         if record.offset <= watermark and recovered.already(record.offset):
             already += 1
             key = event_key(record.value)
-            if key is not None:  # a later retry of it is a duplicate
-                window.add(key, at_ms, written=False)
+            if key is not None:
+                skipped.append((record.offset, key, at_ms))
             if record.replay_of is not None:  # and so is a later replay of the same letter
                 window.add(replay_key(record.replay_of), at_ms)
             continue
@@ -165,20 +199,27 @@ def _decode_and_check(
         todo.append(record)
     events, positions, failures = codec.decode_each(
         [record.value if record.value is not None else b"" for record in todo])
+    broken: list[_EarlyKey] = []
     for at, exc in failures:
-        _contract_failure(todo[at], describe_error(exc), replayed=todo[at].offset <= watermark,
+        record = todo[at]
+        _contract_failure(record, describe_error(exc), replayed=record.offset <= watermark,
                           topic=topic, partition=partition, dead_letter=dead_letter)
+        key = event_key(record.value)
+        if key is not None:  # as a restarted window loads it from the dead-letter topic
+            broken.append((record.offset, key, record.accepted_at_ms or arrival_ms))
+    early = sorted(skipped + broken) if skipped and broken else skipped or broken
     decoded = [todo[at] for at in positions]
     # Positions in ``events`` of the fresh ones: a replayed record's first verdict was valid,
     # so it stays valid.
     fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]
     fresh = [events[at] for at in fresh_at]
     if len(fresh) == len(events):
-        return decoded, events, validate_batch(events, rules, now), already, replayed_twice
+        return (decoded, events, validate_batch(events, rules, now), already, replayed_twice,
+                early)
     verdicts: list[str | None] = [None] * len(events)
     for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
         verdicts[at] = reason
-    return decoded, events, verdicts, already, replayed_twice
+    return decoded, events, verdicts, already, replayed_twice, early
 
 
 def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool, topic: str,
@@ -191,3 +232,17 @@ def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool
             f"({error.field}: {error.reason}) but is not in the dead-letter topic below "
             "its watermark")
     dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
+
+
+def _letter_headers(headers: SourceHeaders, at_ms: int) -> tuple[tuple[str, bytes], ...]:
+    """A dead letter's copy of its record's headers (without None values), carrying the
+    accept time the window used for it, which a restarted consumer reads back."""
+    stamp = str(at_ms).encode()
+    kept = tuple((k, v) for k, v in headers if v is not None)
+    for key, value in kept:
+        if key == HEADER_ACCEPTED_AT_MS:
+            if value == stamp:
+                return kept
+            break
+    return (*((k, v) for k, v in kept if k != HEADER_ACCEPTED_AT_MS),
+            (HEADER_ACCEPTED_AT_MS, stamp))

@@ -13,8 +13,10 @@ itself, ``assign()``s its one partition (no group rebalancing) and runs a loop i
 5. after the write committed, commit the consumer-group offset (for lag tools only).
 
 Exactly once: the warehouse's offsets table is the authoritative position. At (re)start the
-actor asks its sink for the committed offset, seeks there, and rebuilds the dedup window from
-the rows written recently; the sink skips rows below its committed offset and the DLQ producer
+actor asks its sink for the committed offset, seeks there, and (when its first batch is ready)
+rebuilds the dedup window from the rows written and the records dead-lettered before it, so the
+batches planned again decide as before (``actors.window_rebuild``); the sink skips rows below
+its committed offset and the DLQ producer
 skips records at or below what a predecessor already dead-lettered, so any batch may be
 re-processed or re-sent safely.
 """
@@ -40,6 +42,7 @@ from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
 from actors.retry_window import DedupWindow
 from actors.rows import FlushResult, SinkBatch
+from actors.window_rebuild import rebuild_window, window_since
 
 log = logging.getLogger(__name__)
 
@@ -221,20 +224,10 @@ class PartitionConsumer:
         with self._lock:
             self._committed = committed
         self._offset_read.set()
-        now_ms = time.time_ns() // 1_000_000
-        max_keys = cfg.consumer.dedup_max_keys
-        window = DedupWindow(cfg.consumer.dedup_window_s, max_keys)
-        since_ms = now_ms - int(cfg.consumer.dedup_window_s * 1000)
-        newest_first = self._call_sink(
-            lambda s: s.recent_keys.remote(topic, partition, since_ms, max_keys))
-        window.load(reversed(newest_first), now_ms)
         dlq = DeadLetterProducer(cfg.kafka, cfg.topics.dead_letter, topic, partition)
         consumer: Any = None
         try:
             recovered = dlq.start(floor=committed if committed is not None else 0)
-            # Dead-lettered keys (and replay keys): not written, so a replay passes them.
-            window.load(read_recent_keys(cfg.kafka, cfg.topics.dead_letter, partition,
-                                         since_ms), now_ms, written=False)
             conf = cfg.kafka.client_config()
             conf.update({
                 "group.id": cfg.consumer.group_id,
@@ -251,23 +244,23 @@ class PartitionConsumer:
                 self._committed = self._position = committed
                 self._running = True
                 self._last_error = None
-            log.info("consumer started name=%s node=%s committed=%s dedup_keys=%d "
-                     "dlq_watermark=%d", self._name, self._node_id, committed, len(window),
-                     recovered.watermark)
-            self._loop(consumer, dlq, window, recovered, committed)
+            log.info("consumer started name=%s node=%s committed=%s dlq_watermark=%d",
+                     self._name, self._node_id, committed, recovered.watermark)
+            self._loop(consumer, dlq, recovered, committed)
         finally:
             if consumer is not None:
                 consumer.close()
             dlq.close()
 
-    def _loop(self, consumer: Any, dlq: DeadLetterProducer, window: DedupWindow,
-              recovered: Recovered, committed: int | None) -> None:
+    def _loop(self, consumer: Any, dlq: DeadLetterProducer, recovered: Recovered,
+              committed: int | None) -> None:
         cfg = self._config
         codec = EventCodec()
         acc = Accumulator(cfg.consumer)
         reader = RecordReader()
         next_from = committed
         pending: _InFlight | None = None
+        window: DedupWindow | None = None  # rebuilt when the first batch is ready
         while not self._stop.is_set():
             if pending is not None and _ready(pending.ref):
                 self._finish(pending, consumer)
@@ -280,8 +273,10 @@ class PartitionConsumer:
                 continue
             now = datetime.now(UTC)
             now_ms = int(now.timestamp() * 1000)
-            window.evict(now_ms)
-            plan = plan_batch(acc.take(), topic=self._topic, partition=self._partition,
+            batch = acc.take()
+            if window is None:
+                window = self._rebuild_window(batch[0].accepted_at_ms or now_ms, committed)
+            plan = plan_batch(batch, topic=self._topic, partition=self._partition,
                               next_from=next_from, codec=codec, rules=cfg.rules, now=now,
                               window=window, recovered=recovered, now_ms=now_ms)
             next_from = plan.batch.to_offset
@@ -296,6 +291,25 @@ class PartitionConsumer:
             pending = self._send(plan)
         if pending is not None:
             self._finish(pending, consumer)
+
+    def _rebuild_window(self, first_accepted_ms: int, committed: int | None) -> DedupWindow:
+        """The retry window as the consumer life before this one left it at ``committed``
+        (``actors.window_rebuild``), for a first batch starting with a record accepted at
+        ``first_accepted_ms``. Called after the dead-letter producer fenced its predecessor,
+        so the dead-letter tail read here is final."""
+        cfg = self._config
+        topic, partition = self._topic, self._partition
+        window_s, max_keys = cfg.consumer.dedup_window_s, cfg.consumer.dedup_max_keys
+        since_ms = window_since(first_accepted_ms, window_s)
+        table = self._call_sink(
+            lambda s: s.recent_keys.remote(topic, partition, since_ms, max_keys))
+        dead = read_recent_keys(cfg.kafka, cfg.topics.dead_letter, partition, since_ms)
+        window = rebuild_window(window_s, max_keys, since_ms=since_ms, committed=committed,
+                                table=table, dead=dead)
+        log.info("retry window rebuilt name=%s committed=%s since_ms=%d keys=%d "
+                 "from_table=%d from_dead_letters=%d", self._name, committed, since_ms,
+                 len(window), len(table), len(dead))
+        return window
 
     def _note_window_full(self, window: DedupWindow) -> None:
         """Report keys the dedup window forgot early (its ``max_keys`` is too small for the

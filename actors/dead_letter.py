@@ -25,6 +25,7 @@ import msgspec
 
 from actors.config import KafkaConnection
 from actors.contract import (
+    HEADER_ACCEPTED_AT_MS,
     HEADER_DLQ_REASON,
     HEADER_DLQ_SOURCE_OFFSET,
     HEADER_DLQ_SOURCE_PARTITION,
@@ -32,7 +33,7 @@ from actors.contract import (
     HEADER_REPLAY_OF,
 )
 from actors.exceptions import KafkaDeliveryError
-from actors.retry_window import replay_key
+from actors.retry_window import DecidedKey, replay_key
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,13 @@ class DeadLetterProducer:
                 log.warning("dead-letter producer closed with unsent records count=%d", left)
 
 
+def recovered_from(source_offsets: Sequence[int], floor: int) -> Recovered:
+    """``Recovered`` from the source offsets of a dead-letter tail that reaches below
+    ``floor`` (or the start of the log)."""
+    return Recovered(watermark=max(source_offsets, default=-1),
+                     offsets=frozenset(o for o in source_offsets if o >= floor))
+
+
 def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
                    floor: int) -> Recovered:
     """Read DLQ partition ``partition`` back from its end until a source offset below ``floor``
@@ -222,9 +230,7 @@ def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
             start = max(low, high - span)
             seen = _read_source_offsets(consumer, dlq_topic, partition, start)
             if start == low or (seen and min(seen) < floor):
-                watermark = max(seen) if seen else -1
-                return Recovered(watermark=watermark,
-                                 offsets=frozenset(o for o in seen if o >= floor))
+                return recovered_from(seen, floor)
             # Only aborted records/markers, or all at/after the floor: look further back.
             span *= 4
     except KafkaException as exc:
@@ -295,13 +301,15 @@ def replay_of_header(headers: Sequence[tuple[str, bytes | None]] | None) -> str 
 
 
 def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
-                     since_ms: int) -> list[tuple[str, str]]:
-    """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, record time),
-    and the replay key (``replay_key``) of each dead letter that was a replay failing again.
+                     since_ms: int) -> list[DecidedKey]:
+    """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, dead-letter
+    time, which is never before the accept time), not ``written``, and the replay key
+    (``replay_key``) of each dead letter that was a replay failing again; each with its
+    source offset and accept time (``decided_keys``).
 
-    With the warehouse's recent keys they rebuild the consumer's dedup window, so a client's
-    retry of an invalid event is not dead-lettered twice, nor a dead letter replayed twice,
-    across restarts too.
+    With the warehouse's recent keys they rebuild the consumer's dedup window
+    (``actors.window_rebuild``), so a client's retry of an invalid event is not dead-lettered
+    twice, nor a dead letter replayed twice, across restarts too.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -321,14 +329,37 @@ def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
         raise _kafka_error(f"reading dead-letter partition {partition} failed", exc) from exc
     finally:
         consumer.close()
-    keys: list[tuple[str, str]] = []
+    keys: list[DecidedKey] = []
     for msg in records:
-        key = event_key(msg.value())
-        if key is not None:
-            keys.append(key)
-        replay_of = replay_of_header(msg.headers())
-        if replay_of is not None:
-            keys.append(replay_key(replay_of))
+        keys.extend(decided_keys(msg.value(), msg.headers(), msg.timestamp()[1]))
+    return keys
+
+
+def decided_keys(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
+                 timestamp_ms: int) -> list[DecidedKey]:
+    """What a dead letter put in the retry window: its event key (not written), when its value
+    has one, and its replay key when it replays another dead letter; at its source offset and
+    accept time (the header the consumer stamped; for older dead letters their own time)."""
+    offset: int | None = None
+    accepted = timestamp_ms
+    replay_of: str | None = None
+    for name, raw in headers or ():
+        if raw is None:
+            continue
+        if name == HEADER_DLQ_SOURCE_OFFSET:
+            offset = int(raw)
+        elif name == HEADER_ACCEPTED_AT_MS and raw.isdigit():
+            accepted = int(raw)
+        elif name == HEADER_REPLAY_OF:
+            replay_of = raw.decode("utf-8", "replace")
+    if offset is None:
+        return []  # not one of ours
+    keys: list[DecidedKey] = []
+    if replay_of is not None:
+        keys.append(DecidedKey(offset, accepted, replay_key(replay_of)))
+    key = event_key(value)
+    if key is not None:
+        keys.append(DecidedKey(offset, accepted, key, written=False))
     return keys
 
 

@@ -59,9 +59,20 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> ParsedH
     return tuple(headers), request_id, accepted, replay_of
 
 
+def record_time_ms(msg: Any) -> int | None:
+    """The Kafka timestamp of ``msg`` (epoch ms), None when it has none."""
+    kind, stamp = msg.timestamp()
+    return None if kind == 0 or stamp < 0 else int(stamp)  # 0: TIMESTAMP_NOT_AVAILABLE
+
+
 def record_from_message(msg: Any) -> SourceRecord:
-    """A ``SourceRecord`` from a confluent-kafka ``Message``."""
-    return SourceRecord(msg.offset(), msg.key(), msg.value(), *parse_headers(msg.headers()))
+    """A ``SourceRecord`` from a confluent-kafka ``Message``; without an accept-time header its
+    accept time is the record's Kafka timestamp (see ``RecordReader``)."""
+    headers, request_id, accepted, replay_of = parse_headers(msg.headers())
+    if accepted is None:
+        accepted = record_time_ms(msg)
+    return SourceRecord(msg.offset(), msg.key(), msg.value(), headers, request_id, accepted,
+                        replay_of)
 
 
 class RecordReader:
@@ -69,6 +80,10 @@ class RecordReader:
 
     The gateway gives every record of one HTTP request the same headers, so runs of records
     carry equal headers: those are parsed once and the records share the parsed values.
+
+    A record without the gateway's accept-time header (another producer's) is timed by its
+    Kafka timestamp, which is in the log: the retry window decides on accept times, and a
+    batch consumed again after a crash must see the same ones.
     """
 
     def __init__(self) -> None:
@@ -94,6 +109,10 @@ class RecordReader:
                 nbytes += len(key)
             if value is not None:
                 nbytes += len(value)
-            append(SourceRecord(msg.offset(), key, value, *parsed))
+            if parsed[2] is None:
+                append(SourceRecord(msg.offset(), key, value, parsed[0], parsed[1],
+                                    record_time_ms(msg), parsed[3]))
+            else:
+                append(SourceRecord(msg.offset(), key, value, *parsed))
         self._last, self._parsed = last, parsed
         return records, nbytes, errors

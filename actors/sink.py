@@ -41,9 +41,9 @@ from actors.config import SinkConfig, SnowflakeConfig
 from actors.exceptions import OffsetGapError, SinkError
 from actors.metrics import SinkMetrics
 from actors.request_compression import set_request_compression
-from actors.retry_window import replay_key
+from actors.retry_window import DecidedKey, replay_key
 from actors.rows import FlushResult, SinkBatch
-from actors.warehouse import WarehouseSql, warehouse_sql
+from actors.warehouse import WarehouseSql, epoch_ms, warehouse_sql
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +132,20 @@ class SnowflakeWriter:
         return None if value is None else int(value)
 
     def recent_keys(self, topic: str, partition: int, since_ms: int,
-                    limit: int = _NO_LIMIT) -> list[tuple[str, str]]:
-        """``(account_id, event_id)`` of the partition's rows accepted at/after ``since_ms``,
-        the ``limit`` newest (by offset) first; a row of a replayed dead letter is followed
-        by its replay key (``actors.retry_window.replay_key``).
+                    limit: int = _NO_LIMIT) -> list[DecidedKey]:
+        """The event keys of the partition's rows accepted at/after ``since_ms``, the ``limit``
+        newest (by offset) first, each with its offset and accept time; a row of a replayed
+        dead letter is followed by its replay key (``actors.retry_window.replay_key``).
 
         Rows without a gateway accept time count from when they were written.
         """
         rows = self._query(self._sql.recent_keys, (topic, partition, since_ms, limit))
-        keys: list[tuple[str, str]] = []
-        for account, event, replay_of in rows:
-            keys.append((str(account), str(event)))
+        keys: list[DecidedKey] = []
+        for account, event, replay_of, offset, accepted in rows:
+            at_ms = epoch_ms(accepted)
+            keys.append(DecidedKey(int(offset), at_ms, (str(account), str(event))))
             if replay_of is not None:
-                keys.append(replay_key(str(replay_of)))
+                keys.append(DecidedKey(int(offset), at_ms, replay_key(str(replay_of))))
         return keys
 
     def count_rows(self, topic: str | None = None) -> int:
@@ -360,7 +361,7 @@ class SnowflakeSink:
         return self._writer.committed_offset(topic, partition)
 
     def recent_keys(self, topic: str, partition: int, since_ms: int,
-                    limit: int = _NO_LIMIT) -> list[tuple[str, str]]:
+                    limit: int = _NO_LIMIT) -> list[DecidedKey]:
         return self._writer.recent_keys(topic, partition, since_ms, limit)
 
     def count_rows(self, topic: str | None = None) -> int:

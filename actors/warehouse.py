@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from actors.config import SnowflakeConfig
 from actors.exceptions import ConfigError
@@ -69,8 +70,8 @@ class WarehouseSql:
     committed_offset: str
     # (topic, partition, committed_offset) -> deletes the partition's rows below it (autocommit)
     prune_offsets: str
-    # (topic, partition, since_ms, limit) -> (ACCOUNT_ID, EVENT_ID, REPLAY_OF) rows, newest
-    # first
+    # (topic, partition, since_ms, limit) -> (ACCOUNT_ID, EVENT_ID, REPLAY_OF, KAFKA_OFFSET,
+    # accept time (WRITTEN_AT without one)) rows, newest first
     recent_keys: str
     # (topic, partition, from_offset, to_offset) -> (KAFKA_PARTITION, KAFKA_OFFSET) of the rows
     # in [from_offset, to_offset)
@@ -139,7 +140,8 @@ WHERE {_v("kafka_offset")}::number >= ?""",
         ),
         # Records produced without the gateway's accept-time header fall back to WRITTEN_AT.
         recent_keys=(
-            f"SELECT ACCOUNT_ID, EVENT_ID, REPLAY_OF FROM {events} "
+            f"SELECT ACCOUNT_ID, EVENT_ID, REPLAY_OF, KAFKA_OFFSET, "
+            f"COALESCE(ACCEPTED_AT, WRITTEN_AT) FROM {events} "
             "WHERE KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? "
             "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3) "
             "ORDER BY KAFKA_OFFSET DESC LIMIT ?"
@@ -152,6 +154,15 @@ WHERE {_v("kafka_offset")}::number >= ?""",
         count_rows=f"SELECT COUNT(*) FROM {events}",
         count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",
     )
+
+
+def epoch_ms(value: datetime) -> int:
+    """A TIMESTAMP_TZ as fetched (an aware datetime) in epoch milliseconds, exactly."""
+    return (value - _EPOCH) // _MILLISECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _v(field: str) -> str:

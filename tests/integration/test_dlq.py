@@ -361,4 +361,4 @@ def test_ensure_tables_adds_replay_of_to_an_events_table_made_before_it(
         assert [tuple(r) for r in cursor.fetchall()] == [("e-old", None), ("e-new", "0:7")]
     finally:
         conn.close()
-    assert keys == [("acct-1", "e-new"), replay_key("0:7"), ("acct-1", "e-old")]
+    assert [k.key for k in keys] == [("acct-1", "e-new"), replay_key("0:7"), ("acct-1", "e-old")]

@@ -206,7 +206,10 @@ def test_recent_keys_by_accept_time(writer: SnowflakeWriter) -> None:
     topic = new_topic()
     writer.write(make_batch(topic, 0, 0, 4, accepted_at_ms=BASE_MS))  # accepted BASE_MS + o
     keys = writer.recent_keys(topic, 0, BASE_MS + 2)
-    assert sorted(keys) == [("acct-2", f"{topic}-0-2"), ("acct-3", f"{topic}-0-3")]
+    # Each with its offset and its exact accept time: a rebuilt window decides on them.
+    assert sorted((k.offset, k.accepted_at_ms, k.key, k.written) for k in keys) == [
+        (2, BASE_MS + 2, ("acct-2", f"{topic}-0-2"), True),
+        (3, BASE_MS + 3, ("acct-3", f"{topic}-0-3"), True)]
     assert len(writer.recent_keys(topic, 0, BASE_MS)) == 4
     assert writer.recent_keys(topic, 1, 0) == []
     assert writer.recent_keys(topic, 0, BASE_MS + 10_000) == []
@@ -215,9 +218,9 @@ def test_recent_keys_by_accept_time(writer: SnowflakeWriter) -> None:
 def test_recent_keys_limit_keeps_the_newest_first(writer: SnowflakeWriter) -> None:
     topic = new_topic()
     writer.write(make_batch(topic, 0, 0, 5, accepted_at_ms=BASE_MS))
-    assert writer.recent_keys(topic, 0, BASE_MS, limit=2) == [
+    assert [k.key for k in writer.recent_keys(topic, 0, BASE_MS, limit=2)] == [
         ("acct-4", f"{topic}-0-4"), ("acct-3", f"{topic}-0-3")]
-    assert [key for _, key in writer.recent_keys(topic, 0, BASE_MS)] == [
+    assert [k.key[1] for k in writer.recent_keys(topic, 0, BASE_MS)] == [
         f"{topic}-0-{offset}" for offset in (4, 3, 2, 1, 0)]
 
 

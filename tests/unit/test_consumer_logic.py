@@ -241,9 +241,14 @@ class FakeMessage:
 
     def __init__(self, offset: int, value: bytes | None,
                  headers: list[tuple[str, bytes | None]] | None, key: bytes | None = b"acct-1",
-                 error: object = None) -> None:
+                 error: object = None, timestamp_ms: int | None = None) -> None:
         self._offset, self._value, self._headers, self._key = offset, value, headers, key
         self._error = error
+        # (TIMESTAMP_CREATE_TIME, ms) or (TIMESTAMP_NOT_AVAILABLE, -1), as confluent-kafka
+        self._timestamp = (0, -1) if timestamp_ms is None else (1, timestamp_ms)
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
 
     def offset(self) -> int:
         return self._offset
@@ -278,6 +283,10 @@ def test_record_from_message_parses_the_gateway_headers() -> None:
     assert (foreign.request_id, foreign.accepted_at_ms) == (None, None)
     bare = record_from_message(FakeMessage(9, None, None, key=None))
     assert (bare.headers, bare.request_id, bare.accepted_at_ms, bare.size) == ((), None, None, 0)
+    # Without the gateway's header a record is timed by its Kafka timestamp, which is in the
+    # log: planned again after a crash, it gets the same accept time.
+    timed = record_from_message(FakeMessage(10, b"{}", None, timestamp_ms=4321))
+    assert timed.accepted_at_ms == 4321
 
 
 def test_record_reader_parses_each_run_of_equal_headers_once() -> None:
@@ -300,8 +309,10 @@ def test_record_reader_parses_each_run_of_equal_headers_once() -> None:
     assert records[3].headers == ()
     # The reader remembers the last headers across calls, and still sees them change.
     more, _, _ = reader.read([FakeMessage(5, b"e", None),
-                              FakeMessage(6, b"f", gateway_headers("req-3", 300))])
-    assert [(r.request_id, r.accepted_at_ms) for r in more] == [(None, None), ("req-3", 300)]
+                              FakeMessage(6, b"f", gateway_headers("req-3", 300)),
+                              FakeMessage(7, b"g", None, timestamp_ms=350)])
+    assert [(r.request_id, r.accepted_at_ms) for r in more] == [
+        (None, None), ("req-3", 300), (None, 350)]
     assert records == [record_from_message(m) for m in msgs[:2] + msgs[3:]]
 
 

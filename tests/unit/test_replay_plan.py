@@ -82,7 +82,7 @@ def test_a_replay_after_the_rule_fix_becomes_one_row_naming_its_dead_letter() ->
     window = dead_lettered_window()
     result = plan([rec(5, payment("e-1"), replay_of="2:0")], window)
     assert rows_of(result) == [("e-1", 5, "2:0")] and result.duplicates == 0
-    assert window.written(("acct-1", "e-1")) and window.seen(replay_key("2:0"))
+    assert window.written(("acct-1", "e-1"), NOW_MS) and window.seen(replay_key("2:0"))
 
 
 def test_a_dead_letter_replayed_twice_lands_once() -> None:
@@ -146,7 +146,8 @@ def test_the_window_rebuilt_from_table_and_dlq_decides_like_the_live_one() -> No
     rebuilt.load([("acct-1", "e-2"), replay_key("2:4")], NOW_MS)
     rebuilt.load([("acct-1", "e-1"), ("acct-1", "e-2"), ("acct-1", "e-3"), replay_key("2:7")],
                  NOW_MS, written=False)
-    assert not rebuilt.written(("acct-1", "e-1")) and rebuilt.written(("acct-1", "e-2"))
+    assert not rebuilt.written(("acct-1", "e-1"), NOW_MS)
+    assert rebuilt.written(("acct-1", "e-2"), NOW_MS)
     result = plan([
         rec(20, payment("e-1"), replay_of="2:0"),   # dead-lettered only: goes through
         rec(21, payment("e-2"), replay_of="2:4"),   # replayed and written before: dropped
@@ -163,7 +164,7 @@ def test_a_replay_dead_lettered_before_a_restart_is_skipped_and_remembered() -> 
     bad = rec(30, payment("e-1", currency="XYZ"), replay_of="2:0")
     result = plan([bad], window, recovered=Recovered(watermark=30, offsets=frozenset({30})))
     assert result.already_dead_lettered == 1 and result.dead_letters == []
-    assert window.seen(replay_key("2:0")) and not window.written(("acct-1", "e-1"))
+    assert window.seen(replay_key("2:0")) and not window.written(("acct-1", "e-1"), NOW_MS)
     assert event_key(bad.value) == ("acct-1", "e-1")
     again = plan([rec(31, payment("e-1"), replay_of="2:0")], window)
     assert again.duplicates == 1 and again.batch.row_count == 0
@@ -180,9 +181,12 @@ def test_window_kinds_survive_loading_and_eviction() -> None:
     window = DedupWindow(60)
     window.load([("a", "1")], NOW_MS)
     window.load([("a", "1"), ("a", "2")], NOW_MS, written=False)
-    assert window.written(("a", "1")) and not window.written(("a", "2"))  # never downgraded
+    # never downgraded
+    assert window.written(("a", "1"), NOW_MS) and not window.written(("a", "2"), NOW_MS)
     window.mark_written(("a", "2"), NOW_MS)
-    window.mark_written(("a", "3"), NOW_MS + 120_000)
-    assert window.written(("a", "2")) and window.written(("a", "3"))
+    later = NOW_MS + 120_000
+    window.mark_written(("a", "3"), later)
+    assert window.written(("a", "2"), NOW_MS) and window.written(("a", "3"), later)
+    assert not window.written(("a", "2"), later)  # out of the window of a later record
     assert window.evict(NOW_MS + 90_000) == 2
-    assert not window.seen(("a", "1")) and window.written(("a", "3")) and len(window) == 1
+    assert not window.seen(("a", "1")) and window.written(("a", "3"), later) and len(window) == 1
