@@ -6,6 +6,12 @@ service runs this module (``python -m cluster.local.snowflake_emulator --port P 
 DIR``), which serves fakesnow's own Starlette app with the shared instance bound to
 ``DIR``: every database is the DuckDB file ``DIR/<DATABASE>.db`` and comes back after a restart.
 
+The server also ends transactions as Snowflake does (``cluster.local.emulator_sessions``): a
+closed session's open transaction is rolled back, and one idle for ``idle_transaction_abort_s``
+(15 s) is aborted, so a writer killed mid-transaction does not block its partition for good; a
+statement that conflicts with another transaction's write is refused at once with Snowflake's
+lock error (000625) instead of an HTTP 500.
+
 Clients reach it only through the real snowflake-connector-python (host 127.0.0.1, the port,
 protocol http). Connecting with ``database=``/``schema=`` creates them if missing (fakesnow's
 default); ``ensure_database`` also creates them with plain ``CREATE ... IF NOT EXISTS``.
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import SnowflakeConfig
+from cluster.local.emulator_sessions import IDLE_TRANSACTION_ABORT_S
 from cluster.local.processes import (
     LocalService,
     ServiceProcess,
@@ -40,10 +47,12 @@ class LocalSnowflake(LocalService):
 
     LOG_NAME = "snowflake.log"
 
-    def __init__(self, data_dir: Path, port: int = 0, *, log_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, *, log_dir: Path | None = None,
+                 idle_transaction_abort_s: float = IDLE_TRANSACTION_ABORT_S) -> None:
         self.data_dir = data_dir.resolve()
         self.log_dir = (log_dir or self.data_dir).resolve()
         self._port = port
+        self._idle_abort_s = idle_transaction_abort_s
         self._process: ServiceProcess | None = None
 
     @property
@@ -68,7 +77,8 @@ class LocalSnowflake(LocalService):
         require_free_ports("snowflake emulator", {"port": self._port}, HOST)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cluster.local.snowflake_emulator", "--host", HOST,
-               "--port", str(self._port), "--db-path", str(self.data_dir)]
+               "--port", str(self._port), "--db-path", str(self.data_dir),
+               "--idle-transaction-abort-s", str(self._idle_abort_s)]
         # The child imports this package even when it is not installed (a source checkout).
         package_root = str(Path(__file__).resolve().parents[2])
         pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
@@ -129,20 +139,42 @@ def ensure_database(config: SnowflakeConfig) -> None:
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {config.database}.{config.schema}")
 
 
-def serve(host: str, port: int, db_path: Path) -> None:
-    """Run fakesnow's server in this process with its shared instance persisted in db_path."""
+def serve(host: str, port: int, db_path: Path,
+          idle_transaction_abort_s: float = IDLE_TRANSACTION_ABORT_S) -> None:
+    """Run fakesnow's server in this process with its shared instance persisted in db_path,
+    ending transactions as Snowflake does (``cluster.local.emulator_sessions``)."""
     import importlib
+    import threading
 
     import uvicorn
     from fakesnow.instance import FakeSnow
 
+    from cluster.local.emulator_sessions import (
+        ClosingSessions,
+        SessionActivity,
+        abort_idle_transactions,
+        answer_conflicts_as_lock_errors,
+        track_sessions,
+    )
+
     # The package's ``server`` attribute is also a function; import the module by name.
     server_module: Any = importlib.import_module("fakesnow.server")
     db_path.mkdir(parents=True, exist_ok=True)
-    # login_request reads this module global at call time.
+    # login_request and the session handlers read these module globals at call time.
     server_module.shared_fs = FakeSnow(db_path=db_path)
-    # uvicorn.run handles SIGTERM/SIGINT with a graceful shutdown.
-    uvicorn.run(server_module.app, host=host, port=port, log_level="info", access_log=False)
+    server_module.sessions = sessions = ClosingSessions()
+    answer_conflicts_as_lock_errors()
+    activity = SessionActivity()
+    stop = threading.Event()
+    threading.Thread(target=abort_idle_transactions, name="abort-idle-transactions",
+                     args=(sessions, activity, idle_transaction_abort_s, stop),
+                     daemon=True).start()
+    try:
+        # uvicorn.run handles SIGTERM/SIGINT with a graceful shutdown.
+        uvicorn.run(track_sessions(server_module.app, activity), host=host, port=port,
+                    log_level="info", access_log=False)
+    finally:
+        stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db-path", type=Path, required=True)
+    parser.add_argument("--idle-transaction-abort-s", type=float,
+                        default=IDLE_TRANSACTION_ABORT_S)
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.db_path)
+    serve(args.host, args.port, args.db_path, args.idle_transaction_abort_s)
     return 0
 
 
