@@ -92,6 +92,8 @@ class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     protocol: Literal["http", "https"] = "https"
     events_table: str = "EVENTS"
     offsets_table: str = "KAFKA_OFFSETS"
+    # Each partition's owner epoch: a replaced consumer's writes are refused (actors.warehouse).
+    owners_table: str = "KAFKA_PARTITION_OWNERS"
     login_timeout_s: PositiveInt = 30
 
     def connect_kwargs(self) -> dict[str, Any]:

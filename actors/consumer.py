@@ -19,6 +19,15 @@ batches planned again decide as before (``actors.window_rebuild``); the sink ski
 its committed offset and the DLQ producer
 skips records at or below what a predecessor already dead-lettered, so any batch may be
 re-processed or re-sent safely.
+
+Fencing (docs/guarantees.md): each life of the actor takes a new owner epoch of its partition in
+the warehouse before its first write and sends it with every batch. Once a newer life took the
+partition, the old one's writes are refused (``FencedError``) and its loop ends for good,
+status ``fenced``: restarting its session would take nothing back but re-initialise the
+dead-letter producer and fence the new owner's. Every session start checks the epoch first,
+and again after the dead-letter producer's ``init_transactions``; a fenced dead-letter
+producer (``ProducerFencedError``) restarts the session, so that check decides: superseded ->
+stop for good, still the owner -> carry on with a re-initialised producer.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,7 +47,7 @@ from actors.batching import Accumulator
 from actors.config import PipelineConfig
 from actors.contract import EventCodec
 from actors.dead_letter import DeadLetter, DeadLetterProducer, Recovered, read_recent_keys
-from actors.exceptions import KafkaDeliveryError, OffsetGapError, SinkError
+from actors.exceptions import FencedError, KafkaDeliveryError, OffsetGapError, SinkError
 from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
 from actors.retry_window import DedupWindow
@@ -87,6 +97,8 @@ class ConsumerStatus(msgspec.Struct, frozen=True):
     rows_per_s: float
     sessions: int                 # (re)starts of the loop inside this actor process
     last_error: str | None
+    epoch: int | None = None      # this life's owner epoch (None before it took one)
+    fenced: bool = False          # a newer owner took the partition: stopped for good
 
 
 class _InFlight:
@@ -122,6 +134,12 @@ class PartitionConsumer:
         self._running = False
         self._metrics: Any = None
         self._sink_handle: Any = None
+        # This life (actor incarnation) takes one owner epoch, before its first write; a
+        # newer life's epoch fences it (actors.sink). OWNER in the owners table.
+        self._life = f"{self._name}@{self._node_id[:12]}#{uuid.uuid4().hex[:12]}"
+        self._seen_epoch: int | None = None  # the partition's epoch before this life took it
+        self._epoch: int | None = None
+        self._fenced = False
         self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
                                         daemon=True)
         self._offset_read = threading.Event()
@@ -152,7 +170,8 @@ class PartitionConsumer:
                 committed_offset=self._committed, position=self._position,
                 rows_written=self._rows.total, duplicates=self._duplicates,
                 dead_lettered=self._dead_lettered, rows_per_s=self._rows.rate(time.monotonic()),
-                sessions=self._sessions, last_error=self._last_error,
+                sessions=self._sessions, last_error=self._last_error, epoch=self._epoch,
+                fenced=self._fenced,
             )
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -174,7 +193,12 @@ class PartitionConsumer:
             try:
                 self._session()
                 backoff = 0.5
+            except FencedError as exc:
+                self._stop_fenced(exc)
+                break
             except Exception as exc:  # recorded, logged, session rebuilt from the warehouse
+                # Also a fenced dead-letter producer (ProducerFencedError): the next session
+                # first asks the warehouse whose partition it is (_own_partition).
                 with self._lock:
                     self._running = False
                     self._last_error = f"{type(exc).__name__}: {exc}"
@@ -184,6 +208,44 @@ class PartitionConsumer:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
         with self._lock:
             self._running = False
+
+    def _stop_fenced(self, exc: FencedError) -> None:
+        """A newer consumer owns the partition: end the loop for good. Restarting would take
+        nothing back (one epoch per life) but re-initialise the dead-letter producer and fence
+        the new owner's."""
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        with self._lock:
+            self._fenced = True
+            self._running = False
+            self._last_error = f"FencedError: {reason}"[:500]
+        log.warning("consumer fenced name=%s epoch=%s owner=%s: %s; stopping for good",
+                    self._name, self._epoch, self._life, reason)
+
+    def _own_partition(self) -> None:
+        """Before a session (re)starts: take this life's owner epoch (once per life), else
+        check that it is still the partition's; ``FencedError`` when a newer life took it."""
+        topic, partition, life = self._topic, self._partition, self._life
+        if self._epoch is not None:
+            self._check_epoch()
+            return
+        if self._seen_epoch is None:  # seen once: a retried take compares with the same
+            self._seen_epoch = self._call_sink(
+                lambda s: s.owner_epoch.remote(topic, partition)) or 0
+        seen = self._seen_epoch
+        epoch: int = self._call_sink(
+            lambda s: s.take_ownership.remote(topic, partition, life, seen))
+        with self._lock:
+            self._epoch = epoch
+        log.info("partition owner epoch taken name=%s epoch=%d owner=%s", self._name, epoch,
+                 life)
+
+    def _check_epoch(self) -> None:
+        """``FencedError`` unless this life's epoch is still the partition's."""
+        topic, partition = self._topic, self._partition
+        current = self._call_sink(lambda s: s.owner_epoch.remote(topic, partition))
+        if current != self._epoch:
+            raise FencedError(f"partition {topic}/{partition} is owned by epoch {current}, "
+                              f"this consumer's is {self._epoch}")
 
     def _sink(self) -> Any:
         """The sink's handle, looked up once (a GCS round trip) and again after a failure."""
@@ -219,6 +281,7 @@ class PartitionConsumer:
 
         cfg = self._config
         topic, partition = self._topic, self._partition
+        self._own_partition()
         committed: int | None = self._call_sink(
             lambda s: s.committed_offset.remote(topic, partition))
         with self._lock:
@@ -228,6 +291,9 @@ class PartitionConsumer:
         consumer: Any = None
         try:
             recovered = dlq.start(floor=committed if committed is not None else 0)
+            # Our init_transactions fenced any other producer of the partition's dead letters:
+            # if a newer owner took the partition meanwhile, stop before publishing anything.
+            self._check_epoch()
             conf = cfg.kafka.client_config()
             conf.update({
                 "group.id": cfg.consumer.group_id,
@@ -365,7 +431,7 @@ class PartitionConsumer:
         backoff = self._config.sink.retry_backoff_s
         while True:
             try:
-                return self._sink().write.remote(batch)
+                return self._sink().write.remote(batch, self._epoch)
             except (RayActorError, ValueError) as exc:
                 self._note_retry(exc, backoff)
             time.sleep(backoff)
@@ -384,8 +450,8 @@ class PartitionConsumer:
             try:
                 result: FlushResult = ray.get(pending.ref)
                 break
-            except OffsetGapError:
-                raise  # our position is wrong: the session restarts from the warehouse
+            except (OffsetGapError, FencedError):
+                raise  # our position is wrong, or the partition is no longer ours
             except (RayActorError, SinkError) as exc:
                 attempts += 1
                 self._note_retry(exc, backoff)

@@ -32,7 +32,7 @@ from actors.contract import (
     HEADER_DLQ_SOURCE_TOPIC,
     HEADER_REPLAY_OF,
 )
-from actors.exceptions import KafkaDeliveryError
+from actors.exceptions import KafkaDeliveryError, ProducerFencedError
 from actors.retry_window import DecidedKey, replay_key
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ RecordHeaders = tuple[tuple[str, bytes], ...]
 _RECOVERY_SPAN: Final = 1024  # DLQ records read back first; multiplied while not far enough
 _RECOVERY_TIMEOUT_S: Final = 60.0
 _KAFKA_TIMEOUT_S: Final = 30.0
+# librdkafka's _FENCED (-144) and the broker's PRODUCER_FENCED (90), INVALID_PRODUCER_EPOCH
+# (47): a producer with our transactional.id was initialised after ours.
+_FENCED_CODES: Final = frozenset({-144, 90, 47})
 
 
 class DeadLetter(msgspec.Struct, frozen=True, gc=False):
@@ -367,8 +370,8 @@ def _kafka_error(message: str, exc: Any) -> KafkaDeliveryError:
     err = exc.args[0] if exc.args else None
     if err is None or not hasattr(err, "code"):
         return KafkaDeliveryError(f"{message}: {exc}")
-    return KafkaDeliveryError(f"{message}: {err.str()}", code=err.code(),
-                              retriable=err.retriable())
+    kind = ProducerFencedError if err.code() in _FENCED_CODES else KafkaDeliveryError
+    return kind(f"{message}: {err.str()}", code=err.code(), retriable=err.retriable())
 
 
 def _recovery_consumer_config(conn: KafkaConnection, dlq_topic: str) -> dict[str, Any]:

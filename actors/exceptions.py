@@ -41,3 +41,18 @@ class SinkError(EventrayError):
 
 class OffsetGapError(SinkError):
     """A batch does not continue where the partition's committed offset stands."""
+
+
+class ProducerFencedError(KafkaDeliveryError):
+    """Another producer with our ``transactional.id`` was initialised after ours (a newer
+    owner of the partition, or a stale one restarting); ours can commit nothing more."""
+
+
+class FencedError(SinkError):
+    """A newer owner took the partition (its epoch in the owners table is not ours): this
+    owner committed nothing and must stop writing for good (``actors.warehouse``)."""
+
+
+class TransactionAbortedError(SinkError):
+    """The warehouse aborted a write transaction midway; none of it committed, so retrying
+    the whole transaction is safe."""

@@ -1,35 +1,48 @@
 """The exactly-once Snowflake sink: a plain writer class and the Ray actor that hosts it.
 
+Each consumer life (actor incarnation) first takes a new owner epoch for its partition
+(``take_ownership``; the owners table, ``actors.warehouse``) and sends it with every batch.
 ``SnowflakeWriter.write`` applies one partition batch ``[from_offset, to_offset)`` in ONE
 transaction that also appends the partition's new committed offset:
 
-1. ``committed = MAX(NEXT_OFFSET)`` for the partition (``None``: never written);
-2. ``committed >= to_offset``: already applied, nothing is written (an idempotent retry);
-3. ``committed < from_offset``: the batch would skip records -> ``OffsetGapError``
+1. update the partition's owner row where the epoch is the batch's, with a fresh write token:
+   no row -> a newer owner took the partition: roll back, ``FencedError`` (nothing written).
+   The UPDATE takes the lock that every other writer of the partition (same epoch on another
+   session, an older or a newer owner) waits for or, on the emulator, conflicts with;
+2. ``committed = MAX(NEXT_OFFSET)`` for the partition (``None``: never written), read AFTER
+   the lock, so it includes whatever a writer that held the lock before committed;
+3. ``committed >= to_offset``: already applied, nothing is written (an idempotent retry);
+4. ``committed < from_offset``: the batch would skip records -> ``OffsetGapError``
    (unless the partition was never written: the consumer starts wherever the topic starts);
-4. insert the rows with ``kafka_offset >= committed`` (a retry overlapping a committed range
+5. insert the rows with ``kafka_offset >= committed`` (a retry overlapping a committed range
    writes only the new rows) in one statement;
-5. append ``(topic, partition, to_offset)`` to the offsets table; 6. COMMIT.
+6. append ``(topic, partition, to_offset)`` to the offsets table; 7. COMMIT.
 
-Because 1-3 re-read the committed offset inside the transaction, retrying the whole transaction
-after a lost connection (or a COMMIT whose outcome is unknown) is safe. Rows and offset commit
-together or not at all, so the consumer's Kafka offsets are only a hint: on restart it resumes
-from ``committed_offset``.
+5 and 6 insert only while the row still carries the transaction's token: if the warehouse
+aborted the transaction midway (it does so to an idle one that blocks others), they insert
+nothing on their own and the attempt is retried (``TransactionAbortedError``).
+
+Because 2-4 re-read the committed offset under the lock, retrying the whole transaction after a
+lost connection (or a COMMIT whose outcome is unknown, on a new session) is safe: the retry
+skips what committed. Rows and offset commit together or not at all, so the consumer's Kafka
+offsets are only a hint: on restart it resumes from ``committed_offset``.
 
 Every ``SinkConfig.prune_offsets_every`` successful writes of a partition, the writer deletes
 the partition's offset rows below the offset just committed: AFTER the COMMIT, as its own
 autocommit statement, never inside the write transaction. A failed prune is logged and tried
 again at the next interval; it never fails the write (see ``actors.warehouse``).
 
-One writer per partition at a time: the design relies on a partition's batches arriving in
-order from its single consumer, and on a synchronous actor serialising calls. Two zombie writers
-racing on the SAME partition are not fenced here (Snowflake inserts do not block each other).
+A partition's batches arrive in order from its consumer, and a synchronous actor serialises
+calls. A replaced consumer that still runs (a zombie on a node cut off, a call in flight on the
+sink of an earlier pool size) or a second session of the same writer cannot commit beside the
+current one: 1 serializes them and refuses the replaced one (docs/guarantees.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -38,7 +51,12 @@ import snowflake.connector
 from snowflake.connector import errors as sf_errors
 
 from actors.config import SinkConfig, SnowflakeConfig
-from actors.exceptions import OffsetGapError, SinkError
+from actors.exceptions import (
+    FencedError,
+    OffsetGapError,
+    SinkError,
+    TransactionAbortedError,
+)
 from actors.metrics import SinkMetrics
 from actors.request_compression import set_request_compression
 from actors.retry_window import DecidedKey, replay_key
@@ -48,6 +66,11 @@ from actors.warehouse import WarehouseSql, epoch_ms, warehouse_sql
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+WriteHook = Callable[[str], None]
+"""Called with the name of each step a write or take transaction reaches ("begin",
+"owner_updated", "offset_read", "rows_inserted", "before_commit"; "owner_row",
+"owner_locked"): tests pause a writer there to interleave two of them."""
 
 # Errors after which a fresh connection and a retry of the whole transaction may succeed.
 _TRANSIENT: Final[tuple[type[Exception], ...]] = (
@@ -66,6 +89,10 @@ _TRANSIENT: Final[tuple[type[Exception], ...]] = (
 )
 # Session gone (expired, or the server restarted and forgot it): reconnecting fixes it.
 _SESSION_ERRNOS: Final = frozenset({390111, 390112, 390114})
+# 000625: the statement was refused a lock another transaction holds (Snowflake: more than 20
+# statements wait for it; the emulator: at once, for DuckDB's write conflict). Retrying the
+# transaction later waits for that holder to commit, roll back, or be aborted.
+_LOCK_ERRNOS: Final = frozenset({625})
 _MAX_BACKOFF_S: Final = 10.0
 # Bounds the connector's own retry loop per request (unbounded by default: with the warehouse
 # down, a call would hang for minutes instead of failing into our retries). Long queries on a
@@ -79,7 +106,7 @@ def is_transient(exc: BaseException) -> bool:
     """Whether reconnecting and retrying the transaction may succeed after ``exc``."""
     if isinstance(exc, _TRANSIENT):
         return True
-    return isinstance(exc, sf_errors.Error) and exc.errno in _SESSION_ERRNOS
+    return isinstance(exc, sf_errors.Error) and exc.errno in _SESSION_ERRNOS | _LOCK_ERRNOS
 
 
 class SnowflakeWriter:
@@ -88,29 +115,53 @@ class SnowflakeWriter:
     Not thread-safe: one caller at a time (the sink actor is synchronous).
     """
 
-    def __init__(self, config: SnowflakeConfig, sink: SinkConfig) -> None:
+    def __init__(self, config: SnowflakeConfig, sink: SinkConfig,
+                 hook: WriteHook | None = None) -> None:
         self._config = config
         self._sink = sink
         self._sql: WarehouseSql = warehouse_sql(config)
         self._conn: Any = None  # connected lazily, on first use
+        self._hook: WriteHook = hook or _no_hook
+        self._owners_ready = False  # the owners table is known to exist
         # (topic, partition) -> successful writes since its last prune attempt
         self._writes_since_prune: dict[tuple[str, int], int] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the events and offsets tables when missing (idempotent)."""
+        """Create the events, offsets and owners tables when missing (idempotent)."""
         self._with_retries("ensure_tables", self._ensure_tables_once)
+        self._owners_ready = True
 
-    def write(self, batch: SinkBatch) -> FlushResult:
-        """Apply ``batch`` exactly once; see the module docstring for the steps."""
+    def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
+        """Take a new owner epoch of ``topic``/``partition`` for ``owner`` (a consumer life)
+        and return it; from then on writes with an older epoch are refused.
+
+        ``expected`` is the epoch ``owner`` saw before (``owner_epoch``; 0 when there was
+        none): if another owner took the partition since, ``FencedError`` (the newer one
+        keeps it). Retrying is safe: an earlier attempt that committed for ``owner`` is
+        returned, not taken again, so one life never takes two epochs.
+        """
+        self._ensure_owners_table()
+        return self._with_retries(
+            "take_ownership", lambda: self._take_once(topic, partition, owner, expected))
+
+    def owner_epoch(self, topic: str, partition: int) -> int | None:
+        """The partition's current owner epoch; ``None`` when nobody ever took it."""
+        self._ensure_owners_table()
+        rows = self._query(self._sql.current_owner, (topic, partition))
+        return int(rows[0][0]) if rows else None
+
+    def write(self, batch: SinkBatch, epoch: int) -> FlushResult:
+        """Apply ``batch`` exactly once as the owner holding ``epoch``; see the module
+        docstring for the steps. Raises ``FencedError`` when a newer owner took the partition."""
         if batch.to_offset < batch.from_offset:
             raise SinkError(
                 f"batch range inverted topic={batch.topic} partition={batch.partition} "
                 f"from_offset={batch.from_offset} to_offset={batch.to_offset}"
             )
         started = time.perf_counter()
-        written, committed = self._with_retries("write", lambda: self._write_once(batch))
+        written, committed = self._with_retries("write", lambda: self._write_once(batch, epoch))
         result = FlushResult(
             rows_written=written,
             rows_skipped=batch.row_count - written,
@@ -185,9 +236,9 @@ class SnowflakeWriter:
         for attempt in range(1, attempts + 1):
             try:
                 result = attempt_once()
-            except sf_errors.Error as exc:
+            except (sf_errors.Error, TransactionAbortedError) as exc:
                 self.close()
-                if not is_transient(exc):
+                if isinstance(exc, sf_errors.Error) and not is_transient(exc):
                     raise SinkError(f"{what} failed: {exc}") from exc
                 if attempt == attempts:
                     raise SinkError(f"{what} failed after {attempts} attempts: {exc}") from exc
@@ -206,8 +257,25 @@ class SnowflakeWriter:
             for statement in self._sql.migrate_events:
                 cursor.execute(statement)
             cursor.execute(self._sql.create_offsets)
+            cursor.execute(self._sql.create_owners)
         finally:
             cursor.close()
+
+    def _ensure_owners_table(self) -> None:
+        """Create the owners table once per writer: a deployment whose tables were made before
+        it existed gets it from its first consumer, without waiting for ``ensure_tables``."""
+        if self._owners_ready:
+            return
+
+        def once() -> None:
+            cursor = self._connection().cursor()
+            try:
+                cursor.execute(self._sql.create_owners)
+            finally:
+                cursor.close()
+
+        self._with_retries("create owners table", once)
+        self._owners_ready = True
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         def once() -> list[tuple[Any, ...]]:
@@ -220,32 +288,98 @@ class SnowflakeWriter:
 
         return self._with_retries("query", once)
 
-    def _write_once(self, batch: SinkBatch) -> tuple[int, int]:
-        """One transaction; returns ``(rows_written, committed_offset)``."""
+    def _take_once(self, topic: str, partition: int, owner: str, expected: int) -> int:
+        """One attempt of ``take_ownership``: see ``actors.warehouse`` for the statements."""
+        key = (topic, partition)
         cursor = self._connection().cursor()
         try:
+            # Autocommit, so the row exists for the UPDATE below to lock (an UPDATE of no row
+            # locks nothing on the emulator).
+            cursor.execute(self._sql.insert_owner_if_missing, (*key, *key))
+            self._hook("owner_row")
             cursor.execute("BEGIN")
-            cursor.execute(self._sql.committed_offset, (batch.topic, batch.partition))
-            row = cursor.fetchone()
-            committed = None if row is None or row[0] is None else int(row[0])
-            start = _start_offset(batch, committed)
-            if start is None:
-                cursor.execute("ROLLBACK")  # already applied: nothing to write
-                assert committed is not None
-                return 0, committed
-            written = 0
-            if batch.row_count > 0:
-                cursor.execute(self._sql.insert_rows, (batch.rows_json.decode(), start))
-                written = _rows_inserted(cursor)
-            cursor.execute(self._sql.insert_offset,
-                           (batch.topic, batch.partition, batch.to_offset))
-            cursor.execute("COMMIT")
-        except BaseException:
-            self._rollback(cursor)
-            raise
+            done = False
+            try:
+                cursor.execute(self._sql.lock_owner, key)
+                self._hook("owner_locked")
+                cursor.execute(self._sql.current_owner, key)
+                row = cursor.fetchone()
+                if row is None:
+                    raise SinkError(f"the owner row of {topic}/{partition} is missing")
+                current, holder = int(row[0]), row[1]
+                if holder == owner:
+                    return current  # an earlier attempt committed: nothing more to take
+                if current != expected:
+                    raise FencedError(
+                        f"partition {topic}/{partition} was taken by epoch {current} "
+                        f"(owner {holder}) after {owner} saw epoch {expected}")
+                cursor.execute(self._sql.delete_owner, key)  # also any duplicate first row
+                cursor.execute(self._sql.insert_owner, (*key, current + 1, owner))
+                cursor.execute("COMMIT")
+                done = True
+            finally:
+                if not done:
+                    self._rollback(cursor)
+        finally:
+            cursor.close()
+        logger.info("partition owner taken topic=%s partition=%d epoch=%d owner=%s",
+                    topic, partition, current + 1, owner)
+        return current + 1
+
+    def _write_once(self, batch: SinkBatch, epoch: int) -> tuple[int, int]:
+        """One transaction; returns ``(rows_written, committed_offset)``."""
+        key = (batch.topic, batch.partition)
+        token = uuid.uuid4().hex  # identifies this attempt's transaction (module docstring)
+        cursor = self._connection().cursor()
+        try:
+            self._hook("begin")
+            cursor.execute("BEGIN")
+            done = False
+            try:
+                cursor.execute(self._sql.fence_write, (token, *key, epoch))
+                if _rows_changed(cursor) != 1:
+                    raise self._fenced(cursor, batch, epoch)
+                self._hook("owner_updated")
+                cursor.execute(self._sql.committed_offset, key)
+                row = cursor.fetchone()
+                committed = None if row is None or row[0] is None else int(row[0])
+                self._hook("offset_read")
+                start = _start_offset(batch, committed)
+                if start is None:
+                    assert committed is not None
+                    return 0, committed  # already applied: rolled back, nothing written
+                written = 0
+                if batch.row_count > 0:
+                    cursor.execute(self._sql.insert_rows,
+                                   (batch.rows_json.decode(), start, *key, token))
+                    written = _rows_changed(cursor)
+                self._hook("rows_inserted")
+                cursor.execute(self._sql.insert_offset, (*key, batch.to_offset, *key, token))
+                if _rows_changed(cursor) != 1:
+                    raise TransactionAbortedError(
+                        f"the write transaction of {batch.topic}/{batch.partition} "
+                        f"[{batch.from_offset}, {batch.to_offset}) was aborted midway; retrying")
+                self._hook("before_commit")
+                cursor.execute("COMMIT")
+                done = True
+            finally:
+                if not done:
+                    self._rollback(cursor)
         finally:
             cursor.close()
         return written, batch.to_offset
+
+    def _fenced(self, cursor: Any, batch: SinkBatch, epoch: int) -> FencedError:
+        """The error for a write whose epoch is not the partition's (read for the message)."""
+        cursor.execute(self._sql.current_owner, (batch.topic, batch.partition))
+        row = cursor.fetchone()
+        current = "none" if row is None else f"{int(row[0])} (owner {row[1]})"
+        logger.warning("write fenced topic=%s partition=%d epoch=%d current_epoch=%s "
+                       "from_offset=%d to_offset=%d", batch.topic, batch.partition, epoch,
+                       current, batch.from_offset, batch.to_offset)
+        return FencedError(
+            f"partition {batch.topic}/{batch.partition} is owned by epoch {current}, not "
+            f"{epoch}: batch [{batch.from_offset}, {batch.to_offset}) not written")
 
     def _maybe_prune_offsets(self, topic: str, partition: int, committed: int) -> None:
         """Every ``prune_offsets_every`` writes of the partition, delete its offset rows below
@@ -293,6 +427,10 @@ class SnowflakeWriter:
             self.close()
 
 
+def _no_hook(_step: str) -> None:
+    pass
+
+
 def _start_offset(batch: SinkBatch, committed: int | None) -> int | None:
     """The first offset to insert, ``None`` when the batch is already applied.
 
@@ -310,8 +448,9 @@ def _start_offset(batch: SinkBatch, committed: int | None) -> int | None:
     return committed
 
 
-def _rows_inserted(cursor: Any) -> int:
-    """Rows inserted by the last INSERT (Snowflake returns the count as a result row)."""
+def _rows_changed(cursor: Any) -> int:
+    """Rows inserted or updated by the last DML (Snowflake returns the count as a result
+    row)."""
     rowcount = cursor.rowcount
     if isinstance(rowcount, int) and rowcount >= 0:
         return rowcount
@@ -349,8 +488,14 @@ class SnowflakeSink:
     def ensure_tables(self) -> None:
         self._writer.ensure_tables()
 
-    def write(self, batch: SinkBatch) -> FlushResult:
-        result = self._writer.write(batch)
+    def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
+        return self._writer.take_ownership(topic, partition, owner, expected)
+
+    def owner_epoch(self, topic: str, partition: int) -> int | None:
+        return self._writer.owner_epoch(topic, partition)
+
+    def write(self, batch: SinkBatch, epoch: int) -> FlushResult:
+        result = self._writer.write(batch, epoch)
         if self._metrics is not None:
             self._metrics.wrote(batch.topic, batch.partition, result.seconds)
         if (batch.topic, batch.partition) not in self._written:

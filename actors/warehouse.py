@@ -10,8 +10,8 @@ upper-case):
   to an events table created without it (``ADD COLUMN IF NOT EXISTS``, safe to run again).
 * offsets: the partition's committed next offset, APPEND-ONLY. Each write transaction inserts a
   new ``(TOPIC, PARTITION, NEXT_OFFSET, WRITTEN_AT)`` row and readers take ``MAX(NEXT_OFFSET)``.
-  Never UPDATE: a sink killed mid-transaction can leave an open transaction in the emulator that
-  would make an UPDATE of the same row conflict forever; inserts never conflict. Superseded
+  Never UPDATE: inserts never wait for each other nor conflict (the owners row, updated first
+  in the same transaction, is what serializes a partition's writers). Superseded
   rows are pruned by the sink (``prune_offsets``, every ``SinkConfig.prune_offsets_every``
   writes of a partition): a DELETE of the partition's rows below the offset it just committed,
   run as its own autocommit statement OUTSIDE the write transaction, so a sink killed
@@ -19,6 +19,27 @@ upper-case):
   inserts) does not conflict with it. The bound is an offset the writer just read or
   committed, never above the partition's maximum, so the max row (the committed position) is
   never deleted. A failed prune only leaves extra rows until the next one.
+* owners: one row per (topic, partition) holding the partition's owner ``EPOCH``, the consumer
+  life that took it (``OWNER``) and the token of the last write transaction that held it
+  (``WRITE_TOKEN``). The fencing (``actors.sink``, docs/guarantees.md):
+
+  - a consumer life takes a new epoch once, before its first write
+    (``SnowflakeWriter.take_ownership``): make sure the row exists (``insert_owner_if_missing``,
+    epoch 0, which no owner ever holds), then in one transaction lock it (``lock_owner``), read
+    it (``current_owner``), and replace it with epoch + 1 (``delete_owner``,
+    ``insert_owner``). Two first inserts may both land (Snowflake enforces no unique key on
+    standard tables, and an INSERT ... WHERE NOT EXISTS does not wait for a parallel one): the
+    delete under the lock removes the extra row, and a straggler that commits later has epoch
+    0, which no write ever matches;
+  - every batch write transaction FIRST updates the row where the epoch is the writer's
+    (``fence_write``, setting a fresh ``WRITE_TOKEN``): 0 rows means a newer owner took the
+    partition. The UPDATE takes the lock the next owner's take or write must wait for (or, on
+    the emulator, conflict with), so the committed offset read after it is final;
+  - the rows and the offset are inserted only ``WHERE EXISTS`` the row with the transaction's
+    own token: should the warehouse abort the transaction midway (Snowflake aborts an idle
+    transaction that blocks another; so does the emulator, see
+    ``cluster.local.snowflake_emulator``) and run the remaining statements on their own,
+    they insert nothing.
 
 Timestamps are TIMESTAMP_TZ: the emulator (DuckDB TIMESTAMPTZ) returns them as aware UTC
 datetimes, which round-trip exactly to the microsecond; Snowflake keeps the offset given.
@@ -58,13 +79,28 @@ class WarehouseSql:
 
     events_table: str
     offsets_table: str
+    owners_table: str
     create_events: str
     # Run after create_events: bring an events table created by an earlier version up to date.
     migrate_events: tuple[str, ...]
     create_offsets: str
-    # (rows_json: str, min_offset: int) -> inserts the rows with kafka_offset >= min_offset
+    create_owners: str
+    # (topic, partition, topic, partition) -> inserts the row with epoch 0 unless there is one
+    insert_owner_if_missing: str
+    # (topic, partition) -> updates the partition's row(s): takes the lock, changes nothing
+    lock_owner: str
+    # (topic, partition) -> (EPOCH, OWNER) of the row with the highest epoch, or no row
+    current_owner: str
+    # (topic, partition)
+    delete_owner: str
+    # (topic, partition, epoch, owner)
+    insert_owner: str
+    # (write_token, topic, partition, epoch) -> 1 row updated, 0 when the epoch is not current
+    fence_write: str
+    # (rows_json: str, min_offset: int, topic, partition, write_token) -> inserts the rows with
+    # kafka_offset >= min_offset while the transaction holding write_token is alive
     insert_rows: str
-    # (topic, partition, next_offset)
+    # (topic, partition, next_offset, topic, partition, write_token) -> 1 row, likewise
     insert_offset: str
     # (topic, partition) -> MAX(NEXT_OFFSET) or NULL
     committed_offset: str
@@ -85,9 +121,14 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     """The statements for ``config``'s tables; raises ``ConfigError`` for unsafe table names."""
     events = _identifier("snowflake.events_table", config.events_table)
     offsets = _identifier("snowflake.offsets_table", config.offsets_table)
+    owners = _identifier("snowflake.owners_table", config.owners_table)
+    owner_key = 'TOPIC = ? AND "PARTITION" = ?'
+    # True only inside the transaction that set the token (or after it committed).
+    holds_token = f"EXISTS (SELECT 1 FROM {owners} WHERE {owner_key} AND WRITE_TOKEN = ?)"
     return WarehouseSql(
         events_table=events,
         offsets_table=offsets,
+        owners_table=owners,
         create_events=f"""CREATE TABLE IF NOT EXISTS {events} (
     EVENT_ID VARCHAR NOT NULL,
     ACCOUNT_ID VARCHAR NOT NULL,
@@ -110,6 +151,32 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     NEXT_OFFSET NUMBER(38, 0) NOT NULL,
     WRITTEN_AT TIMESTAMP_TZ NOT NULL
 )""",
+        create_owners=f"""CREATE TABLE IF NOT EXISTS {owners} (
+    TOPIC VARCHAR NOT NULL,
+    "PARTITION" NUMBER(10, 0) NOT NULL,
+    EPOCH NUMBER(38, 0) NOT NULL,
+    OWNER VARCHAR,
+    WRITE_TOKEN VARCHAR,
+    UPDATED_AT TIMESTAMP_TZ NOT NULL
+)""",
+        insert_owner_if_missing=(
+            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, UPDATED_AT) '
+            "SELECT ?, ?, 0, CURRENT_TIMESTAMP() "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {owners} WHERE {owner_key})"
+        ),
+        lock_owner=f"UPDATE {owners} SET UPDATED_AT = CURRENT_TIMESTAMP() WHERE {owner_key}",
+        current_owner=(
+            f"SELECT EPOCH, OWNER FROM {owners} WHERE {owner_key} ORDER BY EPOCH DESC LIMIT 1"
+        ),
+        delete_owner=f"DELETE FROM {owners} WHERE {owner_key}",
+        insert_owner=(
+            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, OWNER, UPDATED_AT) '
+            "SELECT ?, ?, ?, ?, CURRENT_TIMESTAMP()"
+        ),
+        fence_write=(
+            f"UPDATE {owners} SET WRITE_TOKEN = ?, UPDATED_AT = CURRENT_TIMESTAMP() "
+            f"WHERE {owner_key} AND EPOCH = ?"
+        ),
         insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
 SELECT
     {_v("event_id")}::string,
@@ -126,10 +193,10 @@ SELECT
     CURRENT_TIMESTAMP(),
     {_v("replay_of")}::string
 FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
-WHERE {_v("kafka_offset")}::number >= ?""",
+WHERE {_v("kafka_offset")}::number >= ? AND {holds_token}""",
         insert_offset=(
             f'INSERT INTO {offsets} (TOPIC, "PARTITION", NEXT_OFFSET, WRITTEN_AT) '
-            "SELECT ?, ?, ?, CURRENT_TIMESTAMP()"
+            f"SELECT ?, ?, ?, CURRENT_TIMESTAMP() WHERE {holds_token}"
         ),
         committed_offset=(
             f'SELECT MAX(NEXT_OFFSET) FROM {offsets} WHERE TOPIC = ? AND "PARTITION" = ?'

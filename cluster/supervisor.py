@@ -43,7 +43,7 @@ class PartitionStatus(msgspec.Struct, frozen=True):
     topic: str
     partition: int
     owner: str                 # the consumer actor's name
-    state: str                 # running | starting | unreachable
+    state: str                 # running | starting | fenced | unreachable
     node_id: str | None
     sink: str | None
     committed_offset: int | None  # the warehouse's (authoritative)
@@ -87,7 +87,8 @@ def partition_status(topic: str, partition: int, consumer: ConsumerStatus | None
     """Combine a consumer's answer (None when it did not answer) with Kafka's end offset."""
     committed = consumer.committed_offset if consumer is not None else None
     lag = None if end_offset is None else max(end_offset - (committed or 0), 0)
-    state = "unreachable" if consumer is None else "running" if consumer.running else "starting"
+    state = ("unreachable" if consumer is None else "fenced" if consumer.fenced
+             else "running" if consumer.running else "starting")
     return PartitionStatus(
         topic=topic, partition=partition, owner=consumer_name(topic, partition), state=state,
         node_id=consumer.node_id if consumer else None, sink=consumer.sink if consumer else None,

@@ -250,6 +250,7 @@ def raw_sink(conn: KafkaConnection, topic: str, ends: dict[int, int], *,
     expected = sum(ends.values())
     consumer = _assigned_consumer(conn, topic, len(ends))
     buffers: dict[int, _PartitionBuffer] = defaultdict(_PartitionBuffer)
+    epochs: dict[int, int] = {}  # the owner epoch taken per partition, as a consumer does
     done = 0
     rows_written = 0
     started: float | None = None
@@ -257,7 +258,10 @@ def raw_sink(conn: KafkaConnection, topic: str, ends: dict[int, int], *,
     def flush(partition: int, buffer: _PartitionBuffer) -> None:
         nonlocal done, rows_written
         batch = _sink_batch(codec, pipeline, topic, partition, buffer)
-        rows_written += writer.write(batch).rows_written
+        if partition not in epochs:
+            seen = writer.owner_epoch(topic, partition) or 0
+            epochs[partition] = writer.take_ownership(topic, partition, "bench-raw-sink", seen)
+        rows_written += writer.write(batch, epochs[partition]).rows_written
         done += len(buffer.messages)
         buffer.next_offset = batch.to_offset
         buffer.messages = []

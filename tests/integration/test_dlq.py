@@ -351,8 +351,9 @@ def test_ensure_tables_adds_replay_of_to_an_events_table_made_before_it(
             event = payment("e-new", "acct-1")
             rows = [row_from_event(event, topic="t", partition=0, offset=1, request_id=None,
                                    accepted_at_ms=None, replay_of="0:7")]
+            epoch = writer.take_ownership("t", 0, "test-upgrade", writer.owner_epoch("t", 0) or 0)
             writer.write(SinkBatch(topic="t", partition=0, from_offset=1, to_offset=2,
-                                   rows_json=encode_rows(rows), row_count=1))
+                                   rows_json=encode_rows(rows), row_count=1), epoch)
             keys = writer.recent_keys("t", 0, 0)
         finally:
             writer.close()

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from actors import sink as sink_module
 from actors.config import SinkConfig, SnowflakeConfig
 from actors.contract import PaymentBody, PaymentCaptured
 from actors.exceptions import OffsetGapError, SinkError
-from actors.rows import SinkBatch, encode_rows, row_from_event
+from actors.rows import FlushResult, SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeSink, SnowflakeSinkActor, SnowflakeWriter
 from actors.warehouse import WarehouseSql
 from cluster.local.snowflake_emulator import LocalSnowflake
@@ -59,6 +60,21 @@ def make_batch(topic: str, partition: int, from_offset: int, to_offset: int,
     ]
     return SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
+
+
+# The epoch each writer took per (topic, partition): a test writer is one consumer life.
+_EPOCHS: weakref.WeakKeyDictionary[SnowflakeWriter, dict[tuple[str, int], int]] = (
+    weakref.WeakKeyDictionary())
+
+
+def write(writer: SnowflakeWriter, batch: SinkBatch) -> FlushResult:
+    """``writer.write`` as the owner of the batch's partition (taken on the first write)."""
+    owned = _EPOCHS.setdefault(writer, {})
+    key = (batch.topic, batch.partition)
+    if key not in owned:
+        seen = writer.owner_epoch(*key) or 0
+        owned[key] = writer.take_ownership(*key, f"test-{id(writer)}", seen)
+    return writer.write(batch, owned[key])
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +118,7 @@ def test_batch_writes_exactly_its_rows_and_advances_the_offset(
         writer: SnowflakeWriter, tables_config: SnowflakeConfig) -> None:
     topic = new_topic()
     assert writer.committed_offset(topic, 0) is None
-    result = writer.write(make_batch(topic, 0, 0, 5))
+    result = write(writer, make_batch(topic, 0, 0, 5))
     assert (result.rows_written, result.rows_skipped, result.committed_offset) == (5, 0, 5)
     assert writer.committed_offset(topic, 0) == 5
     assert offsets_of(tables_config, topic) == [0, 1, 2, 3, 4]
@@ -114,12 +130,12 @@ def test_same_batch_again_writes_nothing(
         writer: SnowflakeWriter, tables_config: SnowflakeConfig) -> None:
     topic = new_topic()
     batch = make_batch(topic, 0, 0, 5)
-    writer.write(batch)
-    again = writer.write(batch)
+    write(writer, batch)
+    again = write(writer, batch)
     assert (again.rows_written, again.rows_skipped, again.committed_offset) == (0, 5, 5)
     assert offsets_of(tables_config, topic) == [0, 1, 2, 3, 4]
     # A batch entirely below the committed offset is also an idempotent no-op.
-    older = writer.write(make_batch(topic, 0, 1, 3))
+    older = write(writer, make_batch(topic, 0, 1, 3))
     assert (older.rows_written, older.rows_skipped, older.committed_offset) == (0, 2, 5)
     assert writer.count_rows(topic) == 5
 
@@ -127,8 +143,8 @@ def test_same_batch_again_writes_nothing(
 def test_overlapping_retry_writes_only_the_new_rows(
         writer: SnowflakeWriter, tables_config: SnowflakeConfig) -> None:
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 5))
-    result = writer.write(make_batch(topic, 0, 3, 8))
+    write(writer, make_batch(topic, 0, 0, 5))
+    result = write(writer, make_batch(topic, 0, 3, 8))
     assert (result.rows_written, result.rows_skipped, result.committed_offset) == (3, 2, 8)
     assert offsets_of(tables_config, topic) == list(range(8))
 
@@ -136,39 +152,39 @@ def test_overlapping_retry_writes_only_the_new_rows(
 def test_gap_raises_and_writes_nothing(
         writer: SnowflakeWriter, tables_config: SnowflakeConfig) -> None:
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 5))
+    write(writer, make_batch(topic, 0, 0, 5))
     with pytest.raises(OffsetGapError, match="committed_offset=5 from_offset=6"):
-        writer.write(make_batch(topic, 0, 6, 9))
+        write(writer, make_batch(topic, 0, 6, 9))
     assert writer.committed_offset(topic, 0) == 5
     assert offsets_of(tables_config, topic) == [0, 1, 2, 3, 4]
     # The writer is still usable: the continuing batch goes through.
-    assert writer.write(make_batch(topic, 0, 5, 9)).rows_written == 4
+    assert write(writer, make_batch(topic, 0, 5, 9)).rows_written == 4
 
 
 def test_empty_batch_advances_the_offset(
         writer: SnowflakeWriter, tables_config: SnowflakeConfig) -> None:
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 3))
-    empty = writer.write(make_batch(topic, 0, 3, 10, offsets=[]))  # all invalid or duplicates
+    write(writer, make_batch(topic, 0, 0, 3))
+    empty = write(writer, make_batch(topic, 0, 3, 10, offsets=[]))  # all invalid or duplicates
     assert (empty.rows_written, empty.rows_skipped, empty.committed_offset) == (0, 0, 10)
     assert writer.committed_offset(topic, 0) == 10
     assert offsets_of(tables_config, topic) == [0, 1, 2]
     # Rows with holes (some records dead-lettered) keep exactly the given offsets.
-    writer.write(make_batch(topic, 0, 10, 15, offsets=[10, 12, 14]))
+    write(writer, make_batch(topic, 0, 10, 15, offsets=[10, 12, 14]))
     assert offsets_of(tables_config, topic) == [0, 1, 2, 10, 12, 14]
 
 
 def test_first_batch_may_start_anywhere(writer: SnowflakeWriter) -> None:
     topic = new_topic()
-    result = writer.write(make_batch(topic, 2, 1000, 1004))
+    result = write(writer, make_batch(topic, 2, 1000, 1004))
     assert (result.rows_written, result.committed_offset) == (4, 1004)
     with pytest.raises(OffsetGapError):
-        writer.write(make_batch(topic, 2, 1005, 1006))
+        write(writer, make_batch(topic, 2, 1005, 1006))
 
 
 def test_inverted_range_is_refused(writer: SnowflakeWriter) -> None:
     with pytest.raises(SinkError, match="inverted"):
-        writer.write(make_batch(new_topic(), 0, 5, 4, offsets=[]))
+        write(writer, make_batch(new_topic(), 0, 5, 4, offsets=[]))
 
 
 def test_two_writers_on_different_partitions_commit_in_parallel(
@@ -180,7 +196,7 @@ def test_two_writers_on_different_partitions_commit_in_parallel(
         w = SnowflakeWriter(tables_config, SINK)
         try:
             for start in range(0, 200, 20):
-                w.write(make_batch(topic, partition, start, start + 20))
+                write(w, make_batch(topic, partition, start, start + 20))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -204,7 +220,7 @@ def test_two_writers_on_different_partitions_commit_in_parallel(
 
 def test_recent_keys_by_accept_time(writer: SnowflakeWriter) -> None:
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 4, accepted_at_ms=BASE_MS))  # accepted BASE_MS + o
+    write(writer, make_batch(topic, 0, 0, 4, accepted_at_ms=BASE_MS))  # accepted BASE_MS + o
     keys = writer.recent_keys(topic, 0, BASE_MS + 2)
     # Each with its offset and its exact accept time: a rebuilt window decides on them.
     assert sorted((k.offset, k.accepted_at_ms, k.key, k.written) for k in keys) == [
@@ -217,7 +233,7 @@ def test_recent_keys_by_accept_time(writer: SnowflakeWriter) -> None:
 
 def test_recent_keys_limit_keeps_the_newest_first(writer: SnowflakeWriter) -> None:
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 5, accepted_at_ms=BASE_MS))
+    write(writer, make_batch(topic, 0, 0, 5, accepted_at_ms=BASE_MS))
     assert [k.key for k in writer.recent_keys(topic, 0, BASE_MS, limit=2)] == [
         ("acct-4", f"{topic}-0-4"), ("acct-3", f"{topic}-0-3")]
     assert [k.key[1] for k in writer.recent_keys(topic, 0, BASE_MS)] == [
@@ -228,7 +244,7 @@ def test_recent_keys_falls_back_to_written_at_without_accept_time(
         writer: SnowflakeWriter) -> None:
     topic = new_topic()
     before_ms = int(time.time() * 1000) - 60_000
-    writer.write(make_batch(topic, 0, 0, 2, accepted_at_ms=None))
+    write(writer, make_batch(topic, 0, 0, 2, accepted_at_ms=None))
     assert len(writer.recent_keys(topic, 0, before_ms)) == 2
     assert writer.recent_keys(topic, 0, int(time.time() * 1000) + 3_600_000) == []
 
@@ -237,9 +253,9 @@ def test_lineage_columns(writer: SnowflakeWriter, tables_config: SnowflakeConfig
     topic = new_topic()
     started = datetime.now(UTC) - timedelta(seconds=5)
     batch = make_batch(topic, 3, 40, 42)
-    writer.write(batch)
+    write(writer, batch)
     null_batch = make_batch(topic, 3, 42, 43, accepted_at_ms=None, request_id=None)
-    writer.write(null_batch)
+    write(writer, null_batch)
     rows = select(
         tables_config,
         "SELECT EVENT_ID, ACCOUNT_ID, EVENT_TYPE, OCCURRED_AT, SCHEMA_VERSION, BODY, "
@@ -273,10 +289,10 @@ def test_failed_transaction_commits_neither_rows_nor_offset(
     topic = new_topic()
     try:
         with pytest.raises(SinkError, match="write failed"):
-            w.write(make_batch(topic, 0, 0, 3))
+            write(w, make_batch(topic, 0, 0, 3))
         assert w.committed_offset(topic, 0) is None
         # An empty batch needs no events table: the same writer (reconnected) still works.
-        assert w.write(make_batch(topic, 0, 0, 3, offsets=[])).committed_offset == 3
+        assert write(w, make_batch(topic, 0, 0, 3, offsets=[])).committed_offset == 3
     finally:
         w.close()
 
@@ -286,7 +302,7 @@ def test_an_abandoned_open_transaction_does_not_block_or_leak(
     """A sink killed mid-transaction leaves it open on the server; the next writer of the same
     partition must neither wait for it nor see its uncommitted rows and offset."""
     topic = new_topic()
-    writer.write(make_batch(topic, 0, 0, 5))
+    write(writer, make_batch(topic, 0, 0, 5))
     zombie = snowflake.connector.connect(**tables_config.connect_kwargs(), paramstyle="qmark")
     try:
         cur = zombie.cursor()
@@ -296,7 +312,7 @@ def test_an_abandoned_open_transaction_does_not_block_or_leak(
         cur.execute(f"INSERT INTO {tables_config.events_table} SELECT * FROM "
                     f"{tables_config.events_table} WHERE KAFKA_TOPIC = ?", (topic,))
         # ... and the zombie never commits. The live writer carries on:
-        result = writer.write(make_batch(topic, 0, 5, 9))
+        result = write(writer, make_batch(topic, 0, 5, 9))
         assert (result.rows_written, result.committed_offset) == (4, 9)
         assert writer.committed_offset(topic, 0) == 9
         assert offsets_of(tables_config, topic) == list(range(9))
@@ -316,10 +332,10 @@ def test_reconnects_after_the_emulator_restarts(
         w = SnowflakeWriter(server.snowflake_config(database="RESTART"), SINK)
         w.ensure_tables()
         topic = new_topic()
-        w.write(make_batch(topic, 0, 0, 3))
+        write(w, make_batch(topic, 0, 0, 3))
         server.restart(timeout=90)
         with caplog.at_level(logging.WARNING, logger="actors.sink"):
-            result = w.write(make_batch(topic, 0, 3, 6))
+            result = write(w, make_batch(topic, 0, 3, 6))
         assert "transient Snowflake error, retrying what=write" in caplog.text
         assert (result.rows_written, result.committed_offset) == (3, 6)
         assert w.count_rows(topic) == 6
@@ -346,7 +362,8 @@ def test_sink_actor_survives_a_kill_and_continues(
         tables_config, SINK)
     assert ray.get(actor.ping.remote()) == ray.get_runtime_context().get_node_id()
     first = make_batch(topic, 0, 0, 50)
-    assert ray.get(actor.write.remote(first)).committed_offset == 50
+    epoch = ray.get(actor.take_ownership.remote(topic, 0, "test-life", 0))
+    assert ray.get(actor.write.remote(first, epoch)).committed_offset == 50
 
     ray.kill(actor, no_restart=False)
     # ray.kill is asynchronous: a call may still reach the old process, and calls fail while
@@ -357,14 +374,14 @@ def test_sink_actor_survives_a_kill_and_continues(
     while True:
         try:
             assert ray.get(actor.committed_offset.remote(topic, 0), timeout=10) == 50
-            replay = ray.get(actor.write.remote(first), timeout=30)
+            replay = ray.get(actor.write.remote(first, epoch), timeout=30)
             break
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
     assert (replay.rows_written, replay.rows_skipped) == (0, 50)
-    second = ray.get(actor.write.remote(make_batch(topic, 0, 50, 80)))
+    second = ray.get(actor.write.remote(make_batch(topic, 0, 50, 80), epoch))
     assert (second.rows_written, second.committed_offset) == (30, 80)
     assert ray.get(actor.count_rows.remote(topic)) == 80
     ray.kill(actor, no_restart=True)
@@ -375,7 +392,8 @@ def test_sink_body_is_a_plain_class(tables_config: SnowflakeConfig) -> None:
     sink = SnowflakeSink(tables_config, SINK)
     topic = new_topic()
     try:
-        assert sink.write(make_batch(topic, 0, 0, 2)).rows_written == 2
+        epoch = sink.take_ownership(topic, 0, "test-life", 0)
+        assert sink.write(make_batch(topic, 0, 0, 2), epoch).rows_written == 2
         assert sink.committed_offset(topic, 0) == 2
         assert sink.count_rows(topic) == 2
     finally:
@@ -397,7 +415,7 @@ def write_batches(writer: SnowflakeWriter, topic: str, partition: int, count: in
                   size: int = 2) -> None:
     """``count`` consecutive batches of ``size`` offsets each, from offset 0."""
     for start in range(0, count * size, size):
-        writer.write(make_batch(topic, partition, start, start + size))
+        write(writer, make_batch(topic, partition, start, start + size))
 
 
 def test_offset_rows_are_pruned_every_n_writes_of_a_partition(
@@ -414,9 +432,9 @@ def test_offset_rows_are_pruned_every_n_writes_of_a_partition(
             # Interleaved: partition 2 gets 2 writes, fewer than the interval. A shared counter
             # would have pruned it.
             for start in range(0, 20, 2):  # 10 writes of partition 0: offsets 2, 4, ... 20
-                pruning.write(make_batch(topic, 0, start, start + 2))
+                write(pruning, make_batch(topic, 0, start, start + 2))
                 if start in (4, 8):  # partition 2: offsets 4 and 6
-                    pruning.write(make_batch(topic, 2, start // 2, start // 2 + 2))
+                    write(pruning, make_batch(topic, 2, start // 2, start // 2 + 2))
         # Pruned after writes 3, 6, 9 (keeping only 18), then write 10 appended 20.
         assert offset_rows(tables_config, topic, 0) == [18, 20]
         assert pruning.committed_offset(topic, 0) == 20
@@ -428,8 +446,8 @@ def test_offset_rows_are_pruned_every_n_writes_of_a_partition(
         assert "pruning offset rows failed" not in caplog.text
         # The next writes continue from the pruned table; an idempotent replay still counts
         # as a write and prunes with the committed offset it read (the max row stays).
-        pruning.write(make_batch(topic, 0, 20, 22))
-        assert pruning.write(make_batch(topic, 0, 18, 20)).rows_written == 0
+        write(pruning, make_batch(topic, 0, 20, 22))
+        assert write(pruning, make_batch(topic, 0, 18, 20)).rows_written == 0
         assert offset_rows(tables_config, topic, 0) == [22]
         assert pruning.committed_offset(topic, 0) == 22
     finally:
@@ -454,7 +472,7 @@ def test_every_write_prunes_with_an_interval_of_one(tables_config: SnowflakeConf
     w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=1))
     try:
         for count in range(1, 5):
-            w.write(make_batch(topic, 0, 2 * (count - 1), 2 * count))
+            write(w, make_batch(topic, 0, 2 * (count - 1), 2 * count))
             assert offset_rows(tables_config, topic, 0) == [2 * count]
         assert w.committed_offset(topic, 0) == 8
     finally:
@@ -479,7 +497,7 @@ def test_a_failing_prune_does_not_fail_the_write(
     w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=2))
     try:
         with caplog.at_level(logging.WARNING, logger="actors.sink"):
-            results = [w.write(make_batch(topic, 0, start, start + 2)) for start in (0, 2, 4, 6)]
+            results = [write(w, make_batch(topic, 0, start, start + 2)) for start in (0, 2, 4, 6)]
         assert [(r.rows_written, r.committed_offset) for r in results] == [
             (2, 2), (2, 4), (2, 6), (2, 8)]
         failures = [r.getMessage() for r in caplog.records
@@ -491,7 +509,7 @@ def test_a_failing_prune_does_not_fail_the_write(
         assert "transient" not in caplog.text  # no write needed a retry
         # Nothing was pruned, everything was committed, and the writer carries on.
         assert offset_rows(tables_config, topic, 0) == [2, 4, 6, 8]
-        assert w.write(make_batch(topic, 0, 8, 10)).committed_offset == 10
+        assert write(w, make_batch(topic, 0, 8, 10)).committed_offset == 10
         assert w.committed_offset(topic, 0) == 10
         assert offsets_of(tables_config, topic) == list(range(10))
     finally:
@@ -506,7 +524,7 @@ def test_prune_beside_an_abandoned_open_transaction(
     w = SnowflakeWriter(tables_config, msgspec.structs.replace(SINK, prune_offsets_every=1))
     zombie = snowflake.connector.connect(**tables_config.connect_kwargs(), paramstyle="qmark")
     try:
-        w.write(make_batch(topic, 0, 0, 2))
+        write(w, make_batch(topic, 0, 0, 2))
         cur = zombie.cursor()
         cur.execute("BEGIN")
         cur.execute(f"SELECT MAX(NEXT_OFFSET) FROM {tables_config.offsets_table} "
@@ -514,8 +532,8 @@ def test_prune_beside_an_abandoned_open_transaction(
         cur.execute(f'INSERT INTO {tables_config.offsets_table} (TOPIC, "PARTITION", '
                     "NEXT_OFFSET, WRITTEN_AT) SELECT ?, 0, 1, CURRENT_TIMESTAMP()", (topic,))
         with caplog.at_level(logging.WARNING, logger="actors.sink"):
-            w.write(make_batch(topic, 0, 2, 4))
-            w.write(make_batch(topic, 0, 4, 6))
+            write(w, make_batch(topic, 0, 2, 4))
+            write(w, make_batch(topic, 0, 4, 6))
         # A prune blocked by the zombie would fail after the connector's retries and warn.
         assert "pruning offset rows failed" not in caplog.text
         assert offset_rows(tables_config, topic, 0) == [6]
