@@ -94,6 +94,8 @@ class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     offsets_table: str = "KAFKA_OFFSETS"
     # Each partition's owner epoch: a replaced consumer's writes are refused (actors.warehouse).
     owners_table: str = "KAFKA_PARTITION_OWNERS"
+    # The partition-count history (actors.partition_moves): retries across added partitions.
+    partition_marks_table: str = "KAFKA_PARTITION_MARKS"
     login_timeout_s: PositiveInt = 30
 
     def connect_kwargs(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ itself, ``assign()``s its one partition (no group rebalancing) and runs a loop i
 1. consume records until the batch is full (events, bytes) or old enough (``ConsumerConfig``);
 2. plan the batch (``plan_batch``, pure): decode against the contract, drop duplicates of events
    already written or dead-lettered within the dedup window (a client retrying), apply the
-   business rules;
+   business rules. After partitions were added, the window first learns what the partitions
+   a batch's accounts went to before decided about them (``actors.partition_moves``);
 3. dead-letter the invalid records in one Kafka transaction (``actors.dead_letter``);
 4. send the rows to its sink (``sink:<p % pool_size>``) as one ``SinkBatch``; only one batch is
    in flight, and the next one is consumed and planned while it is written;
@@ -48,6 +49,7 @@ from actors.config import PipelineConfig
 from actors.contract import EventCodec
 from actors.dead_letter import DeadLetter, DeadLetterProducer, Recovered, read_recent_keys
 from actors.exceptions import FencedError, KafkaDeliveryError, OffsetGapError, SinkError
+from actors.partition_moves import MoveGuard, SinkMovesIO
 from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
 from actors.retry_window import DedupWindow
@@ -61,6 +63,8 @@ _MAX_BACKOFF_S: Final = 10.0
 # its log prefix): __init__ waits this long for the committed offset so the repr can name it
 # (a sink busy with other partitions may take longer; the repr then says committed=?).
 _REPR_WAIT_S: Final = 10.0
+# An idle consumer still looks up its topic's partition count this often, to mark a grown one.
+_IDLE_LOOK_S: Final = 1.0
 
 
 def consumer_name(topic: str, partition: int) -> str:
@@ -327,6 +331,8 @@ class PartitionConsumer:
         next_from = committed
         pending: _InFlight | None = None
         window: DedupWindow | None = None  # rebuilt when the first batch is ready
+        moves = self._move_guard(consumer)
+        looked = 0.0  # when the partition count was last looked up
         while not self._stop.is_set():
             if pending is not None and _ready(pending.ref):
                 self._finish(pending, consumer)
@@ -336,12 +342,24 @@ class PartitionConsumer:
             records, nbytes = self._records(reader, msgs)
             acc.add(records, time.monotonic(), nbytes)
             if not acc.full(time.monotonic(), drained=not records):
+                if not records and time.monotonic() - looked >= _IDLE_LOOK_S:
+                    moves.observe(next_from)  # idle: other partitions may wait for our mark
+                    looked = time.monotonic()
                 continue
             now = datetime.now(UTC)
             now_ms = int(now.timestamp() * 1000)
             batch = acc.take()
+            # Every batch: its records were consumed before this look, so one a producer
+            # routed by a grown partition count is planned knowing of it.
+            moves.observe(next_from)
+            looked = time.monotonic()
             if window is None:
                 window = self._rebuild_window(batch[0].accepted_at_ms or now_ms, committed)
+            finisher = _Finisher(self, pending, consumer)
+            if moves.prepare(batch, window, self._stop.wait, finisher) < 0:
+                break  # stopping while waiting for another partition: the batch is not planned
+            if finisher.done:
+                pending = None
             plan = plan_batch(batch, topic=self._topic, partition=self._partition,
                               next_from=next_from, codec=codec, rules=cfg.rules, now=now,
                               window=window, recovered=recovered, now_ms=now_ms)
@@ -357,6 +375,14 @@ class PartitionConsumer:
             pending = self._send(plan)
         if pending is not None:
             self._finish(pending, consumer)
+
+    def _move_guard(self, consumer: Any) -> MoveGuard:
+        """Retries across added partitions (``actors.partition_moves``) for this session."""
+        cfg = self._config
+        io = SinkMovesIO(self._topic, self._partition, call_sink=self._call_sink,
+                         consumer=consumer, kafka=cfg.kafka,
+                         dead_letter_topic=cfg.topics.dead_letter)
+        return MoveGuard(self._topic, self._partition, cfg.consumer.dedup_window_s, io)
 
     def _rebuild_window(self, first_accepted_ms: int, committed: int | None) -> DedupWindow:
         """The retry window as the consumer life before this one left it at ``committed``
@@ -480,6 +506,21 @@ class PartitionConsumer:
             err = exc.args[0]
             log.warning("group offset commit failed name=%s offset=%d code=%s: %s",
                         self._name, offset, err.name(), err.str())
+
+
+class _Finisher:
+    """Finishes the write in flight once, when called: before waiting for another partition,
+    which may itself be waiting for this write."""
+
+    def __init__(self, owner: PartitionConsumer, pending: _InFlight | None,
+                 consumer: Any) -> None:
+        self._owner, self._pending, self._consumer = owner, pending, consumer
+        self.done = False
+
+    def __call__(self) -> None:
+        if self._pending is not None and not self.done:
+            self._owner._finish(self._pending, self._consumer)
+            self.done = True
 
 
 def _ready(ref: Any) -> bool:

@@ -40,6 +40,7 @@ current one: 1 serializes them and refuses the replaced one (docs/guarantees.md)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -58,10 +59,11 @@ from actors.exceptions import (
     TransactionAbortedError,
 )
 from actors.metrics import SinkMetrics
+from actors.partition_moves import PartitionMark
 from actors.request_compression import set_request_compression
 from actors.retry_window import DecidedKey, replay_key
 from actors.rows import FlushResult, SinkBatch
-from actors.warehouse import WarehouseSql, epoch_ms, warehouse_sql
+from actors.warehouse import MovesSql, WarehouseSql, epoch_ms, moves_sql, warehouse_sql
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class SnowflakeWriter:
         self._config = config
         self._sink = sink
         self._sql: WarehouseSql = warehouse_sql(config)
+        self._moves: MovesSql = moves_sql(config)
+        self._marks_ready = False  # the partition marks table is known to exist
         self._conn: Any = None  # connected lazily, on first use
         self._hook: WriteHook = hook or _no_hook
         self._owners_ready = False  # the owners table is known to exist
@@ -199,6 +203,29 @@ class SnowflakeWriter:
                 keys.append(DecidedKey(int(offset), at_ms, replay_key(str(replay_of))))
         return keys
 
+    def partition_marks(self, topic: str) -> list[PartitionMark]:
+        """The topic's partition marks (``actors.partition_moves``)."""
+        self._ensure_marks_table()
+        rows = self._query(self._moves.marks, (topic,))
+        return [PartitionMark(int(count), int(partition), int(mark), epoch_ms(at))
+                for count, partition, mark, at in rows]
+
+    def record_partition_mark(self, topic: str, partitions: int, partition: int,
+                              mark: int) -> None:
+        """Record ``partition``'s mark under ``partitions`` unless it has one."""
+        self._ensure_marks_table()
+        self._query(self._moves.insert_mark,
+                    (topic, partitions, partition, mark, topic, partitions, partition))
+
+    def written_elsewhere(self, topic: str, partition: int, keys: list[tuple[str, str]],
+                          since_ms: int) -> list[DecidedKey]:
+        """Which of ``keys`` the topic's other partitions wrote, accepted at/after
+        ``since_ms``: each with its offset there and accept time."""
+        rows = self._query(self._moves.written_elsewhere,
+                           (json.dumps(keys), topic, partition, since_ms))
+        return [DecidedKey(int(offset), epoch_ms(at), (str(account), str(event)))
+                for account, event, offset, at in rows]
+
     def count_rows(self, topic: str | None = None) -> int:
         """Rows in the events table (of ``topic`` when given)."""
         if topic is None:
@@ -276,6 +303,11 @@ class SnowflakeWriter:
 
         self._with_retries("create owners table", once)
         self._owners_ready = True
+
+    def _ensure_marks_table(self) -> None:
+        if not self._marks_ready:
+            self._query(self._moves.create_marks, ())
+            self._marks_ready = True
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         def once() -> list[tuple[Any, ...]]:
@@ -508,6 +540,17 @@ class SnowflakeSink:
     def recent_keys(self, topic: str, partition: int, since_ms: int,
                     limit: int = _NO_LIMIT) -> list[DecidedKey]:
         return self._writer.recent_keys(topic, partition, since_ms, limit)
+
+    def partition_marks(self, topic: str) -> list[PartitionMark]:
+        return self._writer.partition_marks(topic)
+
+    def record_partition_mark(self, topic: str, partitions: int, partition: int,
+                              mark: int) -> None:
+        self._writer.record_partition_mark(topic, partitions, partition, mark)
+
+    def written_elsewhere(self, topic: str, partition: int, keys: list[tuple[str, str]],
+                          since_ms: int) -> list[DecidedKey]:
+        return self._writer.written_elsewhere(topic, partition, keys, since_ms)
 
     def count_rows(self, topic: str | None = None) -> int:
         return self._writer.count_rows(topic)

@@ -223,6 +223,63 @@ WHERE {_v("kafka_offset")}::number >= ? AND {holds_token}""",
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MovesSql:
+    """The statements behind retries across partition changes (``actors.partition_moves``).
+
+    Partition marks: one row per (topic, partition count, partition), the offset the partition
+    planned its first batch under that count from (-1: nothing before) and when. Inserted once
+    by the partition's consumer (``WHERE NOT EXISTS``; should two lives of one consumer both
+    insert, readers take the highest mark, which makes others wait longer, never shorter).
+    """
+
+    marks_table: str
+    create_marks: str
+    # (topic, partitions, partition, mark, topic, partitions, partition)
+    insert_mark: str
+    # (topic,) -> (PARTITIONS, PARTITION, MAX(MARK_OFFSET), MIN(MARKED_AT)) rows
+    marks: str
+    # (keys_json: '[[account, event], ...]', topic, partition, since_ms) -> (ACCOUNT_ID,
+    # EVENT_ID, KAFKA_OFFSET, accept time) of the rows of those keys on the topic's OTHER
+    # partitions accepted at/after since_ms
+    written_elsewhere: str
+
+
+def moves_sql(config: SnowflakeConfig) -> MovesSql:
+    """The statements for ``config``'s marks and events tables."""
+    events = _identifier("snowflake.events_table", config.events_table)
+    marks = _identifier("snowflake.partition_marks_table", config.partition_marks_table)
+    return MovesSql(
+        marks_table=marks,
+        create_marks=f"""CREATE TABLE IF NOT EXISTS {marks} (
+    TOPIC VARCHAR NOT NULL,
+    PARTITIONS NUMBER(10, 0) NOT NULL,
+    "PARTITION" NUMBER(10, 0) NOT NULL,
+    MARK_OFFSET NUMBER(38, 0) NOT NULL,
+    MARKED_AT TIMESTAMP_TZ NOT NULL
+)""",
+        insert_mark=(
+            f'INSERT INTO {marks} (TOPIC, PARTITIONS, "PARTITION", MARK_OFFSET, MARKED_AT) '
+            "SELECT ?, ?, ?, ?, CURRENT_TIMESTAMP() "
+            f'WHERE NOT EXISTS (SELECT 1 FROM {marks} WHERE TOPIC = ? AND PARTITIONS = ? '
+            'AND "PARTITION" = ?)'
+        ),
+        marks=(
+            f'SELECT PARTITIONS, "PARTITION", MAX(MARK_OFFSET), MIN(MARKED_AT) FROM {marks} '
+            'WHERE TOPIC = ? GROUP BY PARTITIONS, "PARTITION"'
+        ),
+        written_elsewhere=(
+            "SELECT e.ACCOUNT_ID, e.EVENT_ID, e.KAFKA_OFFSET, "
+            f"COALESCE(e.ACCEPTED_AT, e.WRITTEN_AT) FROM {events} e JOIN ("
+            "SELECT value[0]::string AS A, value[1]::string AS E "
+            "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))) k "
+            "ON e.ACCOUNT_ID = k.A AND e.EVENT_ID = k.E "
+            "WHERE e.KAFKA_TOPIC = ? AND e.KAFKA_PARTITION <> ? "
+            "AND COALESCE(e.ACCEPTED_AT, e.WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3)"
+        ),
+    )
+
+
 def epoch_ms(value: datetime) -> int:
     """A TIMESTAMP_TZ as fetched (an aware datetime) in epoch milliseconds, exactly."""
     return (value - _EPOCH) // _MILLISECOND
