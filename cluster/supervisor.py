@@ -15,6 +15,21 @@ Ray itself restarts a crashed actor (also on another node when its node was remo
 supervisor covers what Ray gives up on. Everything the supervisor knows is found again by name,
 so it may itself be restarted at any time. It is a threaded actor, so ``status()`` answers while
 a reconciliation is running.
+
+Nothing waits without a bound under the reconcile lock: every remote call made while holding it
+has a timeout (the sink's ``ensure_tables`` call stays pending across reconciliations and is
+waited for ``_CALL_TIMEOUT_S`` per round, the error shown in ``status()``), and ``shutdown``
+waits for the lock only so long before it stops everything anyway.
+
+A changed config: ``start_pipeline(config)`` against a supervisor that runs with other settings
+applies them or refuses them (``cluster.config_change``), never keeps the old ones silently.
+What it can apply, it applies by replacing actors in this order: the supervisor is stopped (no
+more reconciling), every consumer finishes its batch in flight and is killed, every sink is
+killed, and only once Ray has released all their names does a new supervisor, created with the
+new config (so a Ray restart of it keeps the new config), create the new sinks and consumers. No
+old writer is alive when a new one starts, whatever the pool size does to the partition -> sink
+assignment (``p % pool_size``); a write the warehouse was still committing for a killed sink is
+the case the writer fencing in the warehouse covers.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -29,12 +45,23 @@ import msgspec
 from actors.config import PipelineConfig
 from actors.consumer import ConsumerStatus, consumer_name, sink_name
 from actors.exceptions import EventrayError
+from cluster.config_change import ConfigChangeRefusedError, config_change, refusal_message
 from cluster.pipeline_actors import pipeline_actors
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_NAME: Final = "eventray-supervisor"
 _STATUS_TIMEOUT_S: Final = 5.0
+# The longest any remote call made under the reconcile lock is waited for.
+_CALL_TIMEOUT_S: Final = 10.0
+# How long start() waits for a reconciliation in progress, and shutdown() for the lock.
+_LOCK_WAIT_S: Final = 60.0
+# How long a stop waits for Ray to release the names of the actors it killed.
+_RELEASE_WAIT_S: Final = 60.0
+
+
+class TablesPendingError(EventrayError):
+    """The sink has not created the tables within a reconciliation round's wait."""
 
 
 class PartitionStatus(msgspec.Struct, frozen=True):
@@ -123,6 +150,7 @@ class Supervisor:
         self._state_lock = threading.Lock()
         self._partitions = 0
         self._tables_ready = False
+        self._tables_call: Any = None  # the pending ensure_tables call, kept across rounds
         self._reconciled_at: float | None = None
         self._last_error: str | None = None
         self._consumer_cls: Any = None
@@ -141,10 +169,25 @@ class Supervisor:
 
     # -- actor methods ------------------------------------------------------------------
 
-    def start(self) -> int:
-        """Reconcile now (topics, sinks, consumers); return the partition count."""
-        self._reconcile()
-        return self._partitions
+    def start(self, timeout_s: float = 120.0) -> int:
+        """Reconcile now (topics, sinks, consumers); return the partition count. Rounds repeat
+        while the tables are pending, up to ``timeout_s``; the lock is free between rounds."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                reconciled = self._reconcile(lock_wait_s=_LOCK_WAIT_S)
+            except TablesPendingError:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                continue
+            if not reconciled:
+                raise EventrayError(
+                    f"a reconciliation has been running for over {_LOCK_WAIT_S:g}s")
+            return self._partitions
+
+    def config(self) -> PipelineConfig:
+        """The config this supervisor and the actors it created run with."""
+        return self._config
 
     def ready(self) -> bool:
         """True when every sink answers a ping and every consumer's session runs (it has read
@@ -204,26 +247,37 @@ class Supervisor:
                               reconciled_at=reconciled_at, last_error=last_error)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop reconciling, stop the consumers (finishing their batches), kill every actor."""
+        """Stop reconciling, stop the consumers (finishing their batches), kill every actor.
+
+        A reconciliation that does not end within ``timeout_s / 4`` (each of its calls has a
+        timeout, so it ends) does not hold the stop up: the actors are stopped without the lock,
+        and ``stop_pipeline`` kills this actor next and sweeps whatever it still created."""
         import ray
 
         self._stop.set()
-        self._thread.join(timeout_s)
-        with self._reconcile_lock:
+        self._thread.join(timeout_s / 4)
+        locked = self._reconcile_lock.acquire(timeout=timeout_s / 4)
+        if not locked:
+            log.warning("a reconciliation still runs after %.0fs; stopping without it",
+                        timeout_s / 4)
+        try:
             cfg = self._config
             # By name, not range(self._partitions): a restarted supervisor knows no partitions
             # before its first reconciliation, yet its predecessor's actors run on.
             names = pipeline_actors(cfg.namespace, cfg.topics.events)
             consumers = [handle for name in names.consumers
                          if (handle := _find(name, cfg.namespace)) is not None]
-            refs: list[Any] = [c.stop.remote(timeout_s) for c in consumers]
-            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            refs: list[Any] = [c.stop.remote(timeout_s / 2) for c in consumers]
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s / 2)
             for handle in consumers:
                 ray.kill(handle, no_restart=True)
             for name in names.sinks:
                 handle = _find(name, cfg.namespace)
                 if handle is not None:
                     ray.kill(handle, no_restart=True)
+        finally:
+            if locked:
+                self._reconcile_lock.release()
         log.info("pipeline stopped namespace=%s", self._config.namespace)
 
     # -- reconciliation -----------------------------------------------------------------
@@ -231,10 +285,13 @@ class Supervisor:
     def _loop(self) -> None:
         while not self._stop.wait(self._config.reconcile_interval_s):
             try:
-                self._reconcile()
+                self._reconcile(lock_wait_s=0)  # start() is reconciling: skip this round
             except Exception as exc:  # recorded in status(), retried next interval
                 with self._state_lock:
                     self._last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, TablesPendingError):  # expected while it lasts: no trace
+                    log.warning("%s; retrying in %.1fs", exc, self._config.reconcile_interval_s)
+                    continue
                 log.exception("reconciliation failed; retrying in %.1fs",
                               self._config.reconcile_interval_s)
 
@@ -251,34 +308,67 @@ class Supervisor:
             except Exception:  # the gauges keep their last values; retried next interval
                 log.exception("publishing metrics failed; retrying in %.1fs", interval)
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, lock_wait_s: float) -> bool:
+        """One round; False when another round held the lock for ``lock_wait_s``."""
+        if not self._reconcile_lock.acquire(timeout=lock_wait_s):
+            return False
+        try:
+            if not self._stop.is_set():
+                self._reconcile_locked()
+        finally:
+            self._reconcile_lock.release()
+        return True
+
+    def _reconcile_locked(self) -> None:
         from actors.kafka_admin import ensure_topics, partition_counts
 
         cfg = self._config
-        with self._reconcile_lock:
-            if self._stop.is_set():
+        counts = partition_counts(cfg.kafka, [cfg.topics.events, cfg.topics.dead_letter])
+        if (cfg.topics.events not in counts
+                or counts.get(cfg.topics.dead_letter, 0) < counts[cfg.topics.events]):
+            ensure_topics(cfg.kafka, cfg.topics)
+            counts = partition_counts(cfg.kafka, [cfg.topics.events])
+        partitions = counts[cfg.topics.events]
+        if partitions > self._partitions and self._partitions:
+            log.info("partitions added topic=%s %d->%d", cfg.topics.events,
+                     self._partitions, partitions)
+        sinks = [self._ensure_sink(i) for i in range(cfg.sink.pool_size)]
+        if not self._tables_ready:
+            self._ensure_tables(sinks[0])
+        for p in range(partitions):
+            if self._stop.is_set():  # a shutdown waits for this round: create nothing more
                 return
-            counts = partition_counts(cfg.kafka, [cfg.topics.events, cfg.topics.dead_letter])
-            if (cfg.topics.events not in counts
-                    or counts.get(cfg.topics.dead_letter, 0) < counts[cfg.topics.events]):
-                ensure_topics(cfg.kafka, cfg.topics)
-                counts = partition_counts(cfg.kafka, [cfg.topics.events])
-            partitions = counts[cfg.topics.events]
-            if partitions > self._partitions and self._partitions:
-                log.info("partitions added topic=%s %d->%d", cfg.topics.events,
-                         self._partitions, partitions)
-            sinks = [self._ensure_sink(i) for i in range(cfg.sink.pool_size)]
-            if not self._tables_ready:
-                import ray
+            self._ensure_consumer(p)
+        with self._state_lock:
+            self._partitions = partitions
+            self._reconciled_at = time.time()
+            self._last_error = None
 
-                ray.get(sinks[0].ensure_tables.remote())
-                self._tables_ready = True
-            for p in range(partitions):
-                self._ensure_consumer(p)
-            with self._state_lock:
-                self._partitions = partitions
-                self._reconciled_at = time.time()
-                self._last_error = None
+    def _ensure_tables(self, sink: Any) -> None:
+        """Have the first sink create the tables, waiting ``_CALL_TIMEOUT_S`` for it per round.
+
+        One call, kept pending across rounds (not one more per round): a warehouse that does
+        not answer fails each round with a clear error (``status().last_error``) instead of
+        holding the lock, and consumers are created once the tables exist.
+        """
+        import ray
+
+        from cluster.preflight import snowflake_location
+
+        if self._tables_call is None:
+            self._tables_call = sink.ensure_tables.remote()
+        try:
+            ray.get(self._tables_call, timeout=_CALL_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise TablesPendingError(
+                f"{sink_name(0)} has not created the tables yet (waited {_CALL_TIMEOUT_S:g}s "
+                f"this round; Snowflake at {snowflake_location(self._config.snowflake)}); the "
+                f"consumers are created once it has") from None
+        except Exception:
+            self._tables_call = None  # it failed: the next round asks again
+            raise
+        self._tables_call = None
+        self._tables_ready = True
 
     def _ensure_sink(self, index: int) -> Any:
         from actors.sink import SnowflakeSinkActor
@@ -359,20 +449,27 @@ def supervisor_actor() -> Any:
 def start_pipeline(config: PipelineConfig, *, ready_timeout_s: float = 180.0) -> Any:
     """Get or create the supervisor, reconcile, and wait until every actor answers.
 
-    An already running supervisor keeps the config it was started with. First logs the
-    settings and checks that Kafka and Snowflake answer (``ServiceUnreachableError`` names the
-    setting when one does not).
+    First logs the settings and checks that Kafka and Snowflake answer
+    (``ServiceUnreachableError`` names the setting when one does not) and that the existing
+    topics keep an acknowledged event on more than one broker (``DurabilityError``, unless
+    ``topics.durability`` is local). A supervisor already running in the namespace with other
+    settings gets them by replacement (see the module docstring), or, for settings a running
+    pipeline cannot take, ``ConfigChangeRefusedError`` names them and nothing is changed.
     """
     import ray
 
+    from actors.durability import check_durability
     from cluster.preflight import check_pipeline
 
     check_pipeline(config)
+    check_durability(config.kafka, config.topics,
+                     [config.topics.events, config.topics.dead_letter])
+    _replace_if_changed(config, timeout_s=ready_timeout_s)
     supervisor = supervisor_actor().options(
         name=SUPERVISOR_NAME, namespace=config.namespace, lifetime="detached",
         get_if_exists=True, max_restarts=-1, max_concurrency=8, num_cpus=0,
     ).remote(config)
-    partitions = ray.get(supervisor.start.remote(), timeout=ready_timeout_s)
+    partitions = ray.get(supervisor.start.remote(ready_timeout_s / 2), timeout=ready_timeout_s)
     deadline = time.monotonic() + ready_timeout_s
     while not ray.get(supervisor.ready.remote(), timeout=ready_timeout_s):
         if time.monotonic() > deadline:
@@ -382,16 +479,84 @@ def start_pipeline(config: PipelineConfig, *, ready_timeout_s: float = 180.0) ->
     return supervisor
 
 
+def _replace_if_changed(config: PipelineConfig, timeout_s: float) -> None:
+    """Apply ``config`` to a supervisor running with other settings by replacing it (and, when
+    more than its own settings changed, every consumer and sink: ``stop_pipeline`` then lets the
+    new supervisor create them); raise ``ConfigChangeRefusedError`` for what cannot change."""
+    import ray
+
+    running = _find(SUPERVISOR_NAME, config.namespace)
+    if running is None:
+        return
+    try:
+        current: PipelineConfig = ray.get(running.config.remote(), timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+        raise EventrayError(f"{SUPERVISOR_NAME} in namespace {config.namespace} did not say "
+                            f"which settings it runs with ({type(exc).__name__}); nothing "
+                            f"was changed") from None
+    change = config_change(current, config)
+    if not change.changed:
+        return
+    if change.refused:
+        raise ConfigChangeRefusedError(refusal_message(change, config.namespace))
+    if change.replaces_actors:
+        log.info("settings changed namespace=%s changed=%s: replacing the supervisor, "
+                 "consumers and sinks", config.namespace, ",".join(change.changed))
+        stop_pipeline(current, timeout_s=timeout_s)
+    else:
+        log.info("settings changed namespace=%s changed=%s: replacing the supervisor",
+                 config.namespace, ",".join(change.changed))
+        ray.kill(running, no_restart=True)
+        left = _sweep(config.namespace, lambda: [SUPERVISOR_NAME], _RELEASE_WAIT_S)
+        if left:
+            raise EventrayError(f"{SUPERVISOR_NAME} was still registered "
+                                f"{_RELEASE_WAIT_S:g}s after it was killed")
+
+
 def stop_pipeline(config: PipelineConfig, *, timeout_s: float = 60.0) -> bool:
-    """Stop consumers, then kill consumers, sinks and the supervisor. False if none ran."""
+    """Stop consumers, then kill consumers, sinks and the supervisor, and wait until Ray has
+    released their names (so nothing of the old pipeline runs when this returns). False if no
+    supervisor ran; ``EventrayError`` naming what is still registered after the wait."""
     import ray
 
     supervisor = _find(SUPERVISOR_NAME, config.namespace)
     if supervisor is None:
         return False
-    ray.get(supervisor.shutdown.remote(timeout_s / 2), timeout=timeout_s)
+    try:
+        ray.get(supervisor.shutdown.remote(timeout_s / 2), timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+        # Killed below all the same, and its actors found by name.
+        log.warning("%s did not finish its shutdown (%s); killing the pipeline's actors",
+                    SUPERVISOR_NAME, type(exc).__name__)
     ray.kill(supervisor, no_restart=True)
+
+    def registered() -> list[str]:
+        names = pipeline_actors(config.namespace, config.topics.events)
+        return [SUPERVISOR_NAME, *names.consumers, *names.sinks]
+
+    left = _sweep(config.namespace, registered, _RELEASE_WAIT_S)
+    if left:
+        raise EventrayError(f"still registered {_RELEASE_WAIT_S:g}s after they were killed: "
+                            f"{', '.join(left)}")
     return True
+
+
+def _sweep(namespace: str, names: Callable[[], list[str]], wait_s: float) -> list[str]:
+    """Kill the actors ``names()`` lists, asking again each round (a reconciliation that ended
+    late may have created one), until Ray has released every name or ``wait_s`` passed; the
+    names still registered."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [name for name in names() if _find(name, namespace) is not None]
+        if not left or time.monotonic() > deadline:
+            return left
+        for name in left:
+            handle = _find(name, namespace)
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
+        time.sleep(0.2)
 
 
 def get_status(config: PipelineConfig, *, timeout_s: float = 30.0) -> PipelineStatus | None:
