@@ -490,6 +490,10 @@ def _replace_if_changed(config: PipelineConfig, timeout_s: float) -> None:
         return
     try:
         current: PipelineConfig = ray.get(running.config.remote(), timeout=timeout_s)
+    except AttributeError:  # a supervisor of an eventray from before it could say
+        raise EventrayError(f"{SUPERVISOR_NAME} in namespace {config.namespace} was started "
+                            f"by an older eventray that cannot compare settings; stop the "
+                            f"pipeline (eventray stop) and start it again") from None
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
         raise EventrayError(f"{SUPERVISOR_NAME} in namespace {config.namespace} did not say "
                             f"which settings it runs with ({type(exc).__name__}); nothing "
