@@ -57,6 +57,10 @@ GATEWAY_PRODUCE_LATENCY: Final = MetricSpec(
 GATEWAY_QUEUE_RECORDS: Final = MetricSpec(
     "eventray_gateway_producer_queue_records", "gauge", (),
     "Records produced and not yet acknowledged by Kafka.", "gateway")
+GATEWAY_CLIENT_DISCONNECTS: Final = MetricSpec(
+    "eventray_gateway_client_disconnects", "counter", ("route",),
+    "Requests whose client closed the connection before its body had arrived: nothing of them "
+    "was produced, and no answer is counted in `eventray_gateway_requests`.", "gateway")
 
 # -- partition consumers ------------------------------------------------------------------
 EVENTS_CONSUMED: Final = MetricSpec(
@@ -99,7 +103,7 @@ SINK_POOL_SIZE: Final = MetricSpec(
 
 CONTRACT: Final[tuple[MetricSpec, ...]] = (
     GATEWAY_REQUESTS, GATEWAY_EVENTS_ACCEPTED, GATEWAY_EVENTS_REFUSED, GATEWAY_PRODUCE_LATENCY,
-    GATEWAY_QUEUE_RECORDS,
+    GATEWAY_QUEUE_RECORDS, GATEWAY_CLIENT_DISCONNECTS,
     EVENTS_CONSUMED, EVENTS_VALIDATED, EVENTS_REJECTED, EVENTS_DUPLICATE, DEDUP_EVICTED_EARLY,
     SINK_ROWS,
     SINK_WRITE_SECONDS,

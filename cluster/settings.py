@@ -78,6 +78,8 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     max_events_per_request: Annotated[int, msgspec.Meta(gt=0)] = 10_000
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 8 * 1024 * 1024
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_inflight_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     api_keys: list[Secret] = []
     producer: ProducerTuning = ProducerTuning()
     serve: ServeConfig = ServeConfig()
@@ -108,8 +110,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         g = self.gateway
         return GatewayConfig(
             host=g.host, port=g.port, max_events_per_request=g.max_events_per_request,
-            max_body_bytes=g.max_body_bytes, api_keys=g.api_keys, kafka=self.kafka,
-            topics=self.topics, producer=g.producer, serve=g.serve,
+            max_body_bytes=g.max_body_bytes, body_timeout_s=g.body_timeout_s,
+            max_inflight_body_bytes=g.max_inflight_body_bytes, api_keys=g.api_keys,
+            kafka=self.kafka, topics=self.topics, producer=g.producer, serve=g.serve,
         )
 
     def pipeline_config(self) -> PipelineConfig:

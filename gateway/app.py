@@ -37,9 +37,11 @@ from actors.contract import (
     EventCodec,
 )
 from gateway.auth import ApiKeyCheck
+from gateway.body import BodyClaim, BodyReader, InflightBodies
 from gateway.config import GatewayConfig
 from gateway.decoding import BodyDecoder, parse_media_type
 from gateway.exceptions import (
+    ClientDisconnectedError,
     KafkaRejectedError,
     KafkaUnavailableError,
     Problem,
@@ -50,6 +52,7 @@ from gateway.exceptions import (
 from gateway.metrics import METRICS_CONTENT_TYPE, MetricsFactory, PrometheusGatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.producer import DeliveryProducer
+from gateway.readiness import KafkaReadiness
 from gateway.responses import (
     Accepted,
     DeliveredEvent,
@@ -79,9 +82,12 @@ class Gateway:
         self.decoder = BodyDecoder(self.codec, config.max_events_per_request)
         self.auth = ApiKeyCheck(config.api_keys)
         self.producer = DeliveryProducer(config)
+        self.readiness = KafkaReadiness(config)
         self.metrics = metrics(self.producer.queue_length)
         self.encoder = msgspec.json.Encoder()
         self.retry_after = str(config.producer.retry_after_s)
+        self.inflight = InflightBodies(config.max_inflight_body_bytes)
+        self.body = BodyReader(config.max_body_bytes, config.body_timeout_s, self.retry_after)
         self.openapi = msgspec.json.encode(openapi_document(config))
 
     @asynccontextmanager
@@ -101,6 +107,7 @@ class Gateway:
         finally:
             if sampler is not None:
                 sampler.cancel()
+            self.readiness.close()
             await self.producer.aclose(self.config.producer.flush_timeout_s)
             self.metrics.sample()  # what was counted since the last sample
 
@@ -125,10 +132,12 @@ class Gateway:
         route = "/v1/events/batch" if batch else "/v1/events"
         request_id = _request_id(request.headers.get("x-request-id"))
         events: list[Event] = []
+        claim = BodyClaim(self.inflight)
+        body: bytes | None = None
         try:
             self.auth.check(request.headers)
             media = parse_media_type(request.headers.get("content-type"), batch=batch)
-            body = await self._read_body(request)
+            body = await self.body.read(request, claim)
             if batch:
                 events = self.decoder.decode_batch(body, media)
             else:
@@ -137,6 +146,21 @@ class Gateway:
         except RequestRejectedError as exc:
             self.metrics.refused(exc.error, exc.events)
             response = self._error(request_id, exc.status, exc.error, exc.message, exc.problems)
+            if exc.headers:
+                response.headers.update(exc.headers)
+            if exc.status == 408:
+                log.info("body timed out request_id=%s route=%s: %s", request_id, route, exc)
+        except ClientDisconnectedError as exc:
+            # Nothing was produced and nobody is left to answer: not an error of ours. 499 as
+            # Serve and nginx name it; the server drops the answer.
+            self._client_left(route, request_id, exc.received, exc.declared)
+            return Response(status_code=499)
+        except asyncio.CancelledError:
+            if body is None:
+                # Ray Serve cancels the handler of a request whose client went away, instead
+                # of handing it the disconnect, when it notices first.
+                self._client_left(route, request_id, None, claim.held or None)
+            raise
         except ProducerBusyError as exc:
             response = self._unavailable(request_id, 429, "producer_busy", str(exc), events)
         except (KafkaUnavailableError, ProducerClosedError) as exc:
@@ -148,26 +172,16 @@ class Gateway:
                           request_id, len(events), exc.code)
             self.metrics.refused("kafka_rejected", len(events))
             response = self._error(request_id, 500, "kafka_rejected", str(exc), [])
+        finally:
+            claim.release()  # answered, refused, timed out, gone or cancelled
         self.metrics.request(route, response.status_code)
         return response
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestRejectedError(400, "invalid_request", "bad Content-Length",
-                                           [Problem(None, "Content-Length", "not a number")])
-            if int(declared) > limit:
-                raise _too_large(int(declared), limit)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _client_left(self, route: str, request_id: str, received: int | None,
+                     declared: int | None) -> None:
+        self.metrics.client_disconnected(route)
+        log.info("client disconnected mid-body request_id=%s route=%s received=%s declared=%s",
+                 request_id, route, "?" if received is None else received, declared)
 
     async def _produce(self, request_id: str, events: list[Event]) -> Response:
         headers = [
@@ -211,16 +225,21 @@ class Gateway:
         return Response(self.encoder.encode(Health("ok")), 200, media_type=JSON)
 
     async def readyz(self, _request: Request) -> Response:
+        """Kafka answers and the topic exists (``gateway.readiness``), and the producer runs.
+        Reads only the producer's state, on the event loop: it never calls into it."""
         topic = self.producer.topic
+        if not self.producer.running:
+            return self._not_ready(topic, "the producer is not running")
         try:
-            info = await asyncio.to_thread(self.producer.check_ready,
-                                           self.config.producer.readiness_timeout_s)
-        except (KafkaUnavailableError, KafkaRejectedError, ProducerClosedError) as exc:
-            body = Readiness("unavailable", topic, reason=str(exc))
-            return Response(self.encoder.encode(body), 503,
-                            {"retry-after": self.retry_after}, JSON)
-        body = Readiness("ready", topic, info["partitions"], info["brokers"])
+            info = await self.readiness.check()
+        except KafkaUnavailableError as exc:
+            return self._not_ready(topic, str(exc))
+        body = Readiness("ready", topic, info.partitions, info.brokers)
         return Response(self.encoder.encode(body), 200, media_type=JSON)
+
+    def _not_ready(self, topic: str, reason: str) -> Response:
+        body = Readiness("unavailable", topic, reason=reason)
+        return Response(self.encoder.encode(body), 503, {"retry-after": self.retry_after}, JSON)
 
     async def metrics_text(self, _request: Request) -> Response:
         return Response(self.metrics.render(), 200, media_type=METRICS_CONTENT_TYPE)
@@ -254,12 +273,6 @@ def _request_id(offered: str | None) -> str:
     if offered and len(offered) <= 128 and _REQUEST_ID.match(offered):
         return offered
     return uuid.uuid4().hex
-
-
-def _too_large(size: int, limit: int) -> RequestRejectedError:
-    return RequestRejectedError(
-        413, "payload_too_large", f"body of {size}+ bytes is over the limit of {limit} bytes",
-        [Problem(None, "$", f"body larger than {limit} bytes")])
 
 
 def create_app(config: GatewayConfig, *, request_id_header: bool = True,

@@ -29,7 +29,8 @@ class ProducerTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A request waits at most this long for Kafka's acknowledgement, then gets 503; also
     # librdkafka's message.timeout.ms, so an unacknowledged record is never reported accepted.
     delivery_timeout_s: PositiveFloat = 10.0
-    # Retry-After (seconds) sent with 429 (queue full) and 503 (Kafka unavailable).
+    # Retry-After (seconds) sent with 429 (queue full, or too many body bytes in flight) and
+    # 503 (Kafka unavailable).
     retry_after_s: PositiveInt = 1
     # How long /readyz waits for Kafka's metadata answer.
     readiness_timeout_s: PositiveFloat = 2.0
@@ -60,6 +61,12 @@ class ServeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # took 13% of a core at 1.4k requests/s. Off by default; the gateway's /metrics count
     # requests, events and produce latency itself. Like ``haproxy``, read when Ray starts.
     haproxy_request_metrics: bool = False
+    # HAProxy's `timeout client` (Ray's default: 3600 s): how long it waits on a silent client,
+    # for its headers, its body, or after an early answer for the rest of its body. Keep it
+    # above body_timeout_s, so the gateway's JSON 408 comes first (HAProxy's own timeout
+    # answers a bare "400 Bad request" page); after a 408 HAProxy drops the client's
+    # connection once it has been silent this long. Like ``haproxy``, read when Ray starts.
+    haproxy_client_timeout_s: PositiveInt = 15
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
@@ -70,6 +77,14 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     max_events_per_request: PositiveInt = 10_000
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # A request's whole body must arrive within this many seconds of its headers, else 408 and
+    # the connection is closed: a client that stalls cannot hold a connection and its share of
+    # max_inflight_body_bytes for longer. The largest body (max_body_bytes) then needs
+    # ~0.8 MB/s; a slower client sends smaller batches.
+    body_timeout_s: PositiveFloat = 10.0
+    # Bytes of request bodies one replica holds at once (a body counts with its declared
+    # Content-Length from the start, a chunked one with what arrived so far): past it, 429.
+    max_inflight_body_bytes: PositiveInt = 64 * 1024 * 1024
     # Empty means no key is required (local mode). Keys compared in constant time.
     api_keys: list[Secret] = []
     kafka: KafkaConnection = KafkaConnection()
@@ -78,6 +93,16 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     serve: ServeConfig = ServeConfig()
 
     def __post_init__(self) -> None:
+        if self.serve.haproxy and self.serve.haproxy_client_timeout_s <= self.body_timeout_s:
+            raise ValueError(
+                f"serve.haproxy_client_timeout_s ({self.serve.haproxy_client_timeout_s}) must "
+                f"exceed body_timeout_s ({self.body_timeout_s:g}): HAProxy would answer a "
+                "stalled body first, with a bare 400 page")
+        # A body of the largest allowed size would get 429 forever.
+        if self.max_body_bytes > self.max_inflight_body_bytes:
+            raise ValueError(
+                f"max_body_bytes ({self.max_body_bytes}) exceeds max_inflight_body_bytes "
+                f"({self.max_inflight_body_bytes})")
         # A request the producer queue could never hold would get 429 forever.
         if self.max_events_per_request > self.producer.queue_max_messages:
             raise ValueError(

@@ -35,6 +35,17 @@ class ProducerClosedError(GatewayError):
     """The producer was closed (the replica is shutting down)."""
 
 
+class ClientDisconnectedError(GatewayError):
+    """The client closed the connection before its request body had arrived; nothing of the
+    request was produced and nobody is left to answer."""
+
+    def __init__(self, received: int, declared: int | None) -> None:
+        super().__init__(f"client left after {received} of "
+                         f"{'?' if declared is None else declared} body bytes")
+        self.received = received
+        self.declared = declared
+
+
 class FlushError(KafkaDeliveryError, GatewayError):
     """Shutdown's flush left records unsent."""
 
@@ -54,11 +65,12 @@ class Problem:
 
 class RequestRejectedError(GatewayError):
     """The request is refused before anything is produced; ``status`` is its HTTP status,
-    ``error`` a stable machine-readable code, ``problems`` what exactly was wrong."""
+    ``error`` a stable machine-readable code, ``problems`` what exactly was wrong,
+    ``headers`` extra response headers (``Retry-After``, ``Connection: close``)."""
 
     def __init__(
         self, status: int, error: str, message: str, problems: list[Problem] | None = None,
-        *, events: int = 1,
+        *, events: int = 1, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -66,3 +78,4 @@ class RequestRejectedError(GatewayError):
         self.message = message
         self.problems = problems or []
         self.events = events  # how many events the refusal concerns (for the metrics)
+        self.headers = headers

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors.metric_contract import (
+    GATEWAY_CLIENT_DISCONNECTS,
     GATEWAY_EVENTS_ACCEPTED,
     GATEWAY_EVENTS_REFUSED,
     GATEWAY_PRODUCE_LATENCY,
@@ -46,6 +47,8 @@ class GatewayMetrics(Protocol):
 
     def refused(self, reason: str, events: int) -> None: ...
 
+    def client_disconnected(self, route: str) -> None: ...
+
     def sample(self) -> None: ...
 
     def render(self) -> bytes: ...
@@ -70,6 +73,9 @@ class PrometheusGatewayMetrics:
         self._refused = Counter(
             GATEWAY_EVENTS_REFUSED.name, GATEWAY_EVENTS_REFUSED.meaning,
             GATEWAY_EVENTS_REFUSED.labels, registry=self.registry)
+        self._disconnects = Counter(
+            GATEWAY_CLIENT_DISCONNECTS.name, GATEWAY_CLIENT_DISCONNECTS.meaning,
+            GATEWAY_CLIENT_DISCONNECTS.labels, registry=self.registry)
         self._latency = Histogram(
             GATEWAY_PRODUCE_LATENCY.name, GATEWAY_PRODUCE_LATENCY.meaning,
             buckets=GATEWAY_PRODUCE_LATENCY.buckets, registry=self.registry)
@@ -93,6 +99,9 @@ class PrometheusGatewayMetrics:
 
     def refused(self, reason: str, events: int) -> None:
         self._refused.labels(reason).inc(events)
+
+    def client_disconnected(self, route: str) -> None:
+        self._disconnects.labels(route).inc()
 
     def sample(self) -> None:
         """Nothing to do: the queue gauge is read when scraped."""
@@ -120,10 +129,12 @@ class RayGatewayMetrics:
         self._requests: Any = ray_metric(GATEWAY_REQUESTS, serve_metrics)
         self._accepted: Any = ray_metric(GATEWAY_EVENTS_ACCEPTED, serve_metrics)
         self._refused: Any = ray_metric(GATEWAY_EVENTS_REFUSED, serve_metrics)
+        self._disconnects: Any = ray_metric(GATEWAY_CLIENT_DISCONNECTS, serve_metrics)
         self._latency: Any = ray_metric(GATEWAY_PRODUCE_LATENCY, serve_metrics)
         self._queue: Any = ray_metric(GATEWAY_QUEUE_RECORDS, serve_metrics)
         self._pending_requests: dict[tuple[str, int], int] = {}
         self._pending_refused: dict[str, int] = {}
+        self._pending_disconnects: dict[str, int] = {}
         self._pending_accepted = 0
 
     def request(self, route: str, status: int) -> None:
@@ -137,17 +148,23 @@ class RayGatewayMetrics:
     def refused(self, reason: str, events: int) -> None:
         self._pending_refused[reason] = self._pending_refused.get(reason, 0) + events
 
+    def client_disconnected(self, route: str) -> None:
+        self._pending_disconnects[route] = self._pending_disconnects.get(route, 0) + 1
+
     def sample(self) -> None:
         """Hand the counts since the last call to Ray and set the queue gauge (on the event
         loop, like the handlers: no lock needed)."""
         requests, self._pending_requests = self._pending_requests, {}
         refused, self._pending_refused = self._pending_refused, {}
+        disconnects, self._pending_disconnects = self._pending_disconnects, {}
         accepted, self._pending_accepted = self._pending_accepted, 0
         for (route, status), n in requests.items():
             self._requests.inc(n, tags={"route": route, "status": str(status)})
         for reason, n in refused.items():
             if n > 0:  # Ray refuses to add 0
                 self._refused.inc(n, tags={"reason": reason})
+        for route, n in disconnects.items():
+            self._disconnects.inc(n, tags={"route": route})
         if accepted > 0:
             self._accepted.inc(accepted)
         self._queue.set(self._queue_length())

@@ -22,10 +22,13 @@ refused with 400 and every problem listed as `{index, field, reason}`; nothing o
 Unknown fields are refused. An `event_id` may appear only once per batch. `index` is the
 event's 0-based position in the request (NDJSON: blank lines are not counted).
 
-429 (producer queue full) and 503 (Kafka did not acknowledge within the deadline) carry
-`Retry-After`. Some events of such a request may nevertheless have been written: retry with the
-same event ids, the pipeline drops the duplicates. A 202 is never sent for an event that Kafka
-did not acknowledge.
+429 (producer queue full, or too many body bytes in flight) and 503 (Kafka did not acknowledge
+within the deadline) carry `Retry-After`. Some events of such a request may nevertheless have
+been written: retry with the same event ids, the pipeline drops the duplicates. A 202 is never
+sent for an event that Kafka did not acknowledge.
+
+A body must arrive in full within the body timeout of its headers, else 408 and the connection
+is closed; nothing of it is written.
 """
 
 
@@ -50,6 +53,8 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
     components["Event"] = schemas[0]  # the tagged union, by its contract name
     limits = (f"At most {config.max_events_per_request} events and "
               f"{config.max_body_bytes} bytes per request.")
+    timeout = (f"the body did not arrive within {config.body_timeout_s:g}s; the connection is "
+               "closed and nothing was written")
     request_id_header = {"X-Request-Id": {
         "description": "the request's id, also the eventray-request-id header of its records",
         "schema": {"type": "string"}}}
@@ -59,9 +64,12 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
         "400": _error("the body or an event breaks the contract; nothing was written"),
         "401": _error("API key missing"),
         "403": _error("API key not valid"),
+        "408": _error(timeout),
         "413": _error("body or event count over the limit. " + limits),
         "415": _error("unsupported Content-Type"),
-        "429": _error("the producer queue is full; retry later", retry_after=True),
+        "429": _error("the producer queue is full, or the replica holds too many body bytes in "
+                      "flight (error gateway_busy, refused before the body is read); retry "
+                      "later", retry_after=True),
         "500": _error("Kafka refused a record with a non-retriable error"),
         "503": _error("Kafka did not acknowledge within the deadline", retry_after=True),
     }

@@ -138,16 +138,23 @@ class DeliveryProducer:
         self._waiting = 0  # requests waiting for delivery reports
         self._fatal: KafkaErrorLike | None = None
         self._last_error_log: dict[int, float] = {}
+        self._loop_thread: int | None = None  # the event loop's thread: the only one that builds
         self.generation = 0  # bumped each time the client is (re)built
 
     @property
     def topic(self) -> str:
         return self._topic
 
+    @property
+    def running(self) -> bool:
+        """Started and not closed (a broken client is rebuilt on the loop, so it counts)."""
+        return self._client is not None
+
     def start(self) -> None:
         """Build the client and start its pump; call from the event loop that will produce
         (inside the process that uses them)."""
         loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._build()
         self._wake = asyncio.Event()
         self._pump_task = loop.create_task(self._pump(), name="eventray-producer-pump")
@@ -155,8 +162,14 @@ class DeliveryProducer:
     def _build(self) -> None:
         from confluent_kafka import Producer
 
+        if threading.get_ident() != self._loop_thread:
+            # The pump and produce() read self._client between awaits without a lock: a client
+            # swapped under them from another thread could lose requests' delivery reports.
+            raise RuntimeError("the producer is built on its event loop's thread only")
         conf = producer_config(self._config)
-        conf["error_cb"] = self._on_error
+        # Bound to this generation: a retired client draining in its own thread may still
+        # report errors, which must not mark its successor broken.
+        conf["error_cb"] = partial(self._on_error, generation=self.generation + 1)
         conf["logger"] = _librdkafka_log  # librdkafka's own log lines, into logging
         self._client = Producer(conf)
         self._fatal = None
@@ -175,6 +188,8 @@ class DeliveryProducer:
                 # A callback raised (confluent-kafka re-raises it from poll). Log it and keep
                 # serving: a dead pump would leave every later request to time out.
                 log.exception("producer callback failed generation=%d", self.generation)
+            # A fatal error is repaired here too, so an idle replica heals without a request.
+            self._rebuild_if_broken()
             if self._waiting:
                 await asyncio.sleep(_BUSY_POLL_S)
                 continue
@@ -182,9 +197,15 @@ class DeliveryProducer:
             with contextlib.suppress(TimeoutError):  # idle: poll again for error callbacks
                 await asyncio.wait_for(wake.wait(), _IDLE_POLL_S)
 
-    def _on_error(self, err: KafkaErrorLike) -> None:
+    def _on_error(self, err: KafkaErrorLike, generation: int | None = None) -> None:
         """librdkafka's error callback: most errors are transient (it reconnects by itself);
-        a fatal one (idempotence broken) makes the next request rebuild the producer."""
+        a fatal one (idempotence broken) makes the pump or the next request, whichever comes
+        first on the loop, rebuild the producer. ``generation``: the client that reported it
+        (None: the current one); a retired client's errors are only logged."""
+        if generation is not None and generation != self.generation:
+            log.warning("retired producer error generation=%d code=%s reason=%s",
+                        generation, err.name(), err.str())
+            return
         if err.fatal():
             log.error("producer fatal error code=%s reason=%s: rebuilding", err.name(), err.str())
             self._fatal = err
@@ -197,12 +218,17 @@ class DeliveryProducer:
     def _ensure_healthy(self) -> Any:
         if self._client is None:
             raise ProducerClosedError("the producer is not running")
-        if self._fatal is not None:
+        self._rebuild_if_broken()
+        return self._client
+
+    def _rebuild_if_broken(self) -> None:
+        """The one place a broken client is replaced; runs on the event loop only (the pump
+        and ``produce``), never from a worker thread."""
+        if self._fatal is not None and self._client is not None:
             # On the event loop, between two pump turns: the pump moves to the new client and
             # the drain thread is the only one serving the old one's reports.
             self._retire(self._client)
             self._build()
-        return self._client
 
     def _retire(self, client: Any) -> None:
         """Purge a broken client in the background: its pending requests fail (503)."""
@@ -272,23 +298,6 @@ class DeliveryProducer:
                 f"Kafka did not acknowledge {waiter.remaining} of {count} records within "
                 f"{self._deadline_s:g}s", retriable=True)
         return waiter.results
-
-    def check_ready(self, timeout_s: float) -> dict[str, Any]:
-        """Blocking: Kafka answers a metadata request and the topic exists with partitions.
-        Raises ``KafkaUnavailableError``."""
-        from confluent_kafka import KafkaException
-
-        client = self._ensure_healthy()
-        try:
-            metadata = client.list_topics(self._topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise _produce_error(exc) from None
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            reason = "missing" if topic is None or topic.error is None else topic.error.str()
-            raise KafkaUnavailableError(f"topic {self._topic!r}: {reason}", retriable=True)
-        return {"topic": self._topic, "partitions": len(topic.partitions),
-                "brokers": len(metadata.brokers)}
 
     async def aclose(self, timeout_s: float) -> None:
         """Stop the pump, then flush in a worker thread; raises ``FlushError`` if records were

@@ -35,8 +35,9 @@ class ProblemBody(msgspec.Struct, frozen=True):
 
 class ErrorBody(msgspec.Struct, frozen=True):
     """Any 4xx/5xx answer. ``error`` is a stable code: invalid_events, too_many_events,
-    payload_too_large, unsupported_media_type, unauthorized, forbidden, producer_busy,
-    kafka_unavailable, kafka_rejected, not_found, method_not_allowed."""
+    payload_too_large, unsupported_media_type, unauthorized, forbidden, body_timeout,
+    producer_busy, gateway_busy, kafka_unavailable, kafka_rejected, not_found,
+    method_not_allowed."""
 
     request_id: str
     error: str

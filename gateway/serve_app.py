@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 HAPROXY_METRICS_ENV = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
+HAPROXY_CLIENT_TIMEOUT_ENV = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
 _HAPROXY_CONFIG_ENV = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"
 _DEFAULT_HAPROXY_CONFIG = "/tmp/haproxy-serve/haproxy.cfg"  # noqa: S108 - Ray's own default
 
@@ -51,6 +52,8 @@ def serve_env(serve: ServeConfig, *, isolate: bool = False,
     env = {HAPROXY_ENV: "1" if serve.haproxy else "0",
            THROUGHPUT_ENV: "1" if serve.throughput_optimized else "0",
            HAPROXY_METRICS_ENV: "1" if serve.haproxy_request_metrics else "0"}
+    if serve.haproxy:
+        env[HAPROXY_CLIENT_TIMEOUT_ENV] = str(serve.haproxy_client_timeout_s)
     if serve.haproxy and isolate:
         base = Path(tempfile.mkdtemp(prefix="erhap-", dir="/tmp"))
         env.update({

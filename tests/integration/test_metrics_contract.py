@@ -45,6 +45,7 @@ from pipeline_helpers import (
     workload,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from raw_http import connect, start_body
 
 from actors.batch_plan import CONTRACT_REASON
 from actors.config import KafkaConnection, SnowflakeConfig
@@ -325,6 +326,9 @@ def run(pipeline: Settings, gateway: httpx.Client) -> Run:
     missing = gateway.get("/v2/nothing")
     assert missing.status_code == 404
     client.requests["other", "404"] += 1
+    # A client that leaves in the middle of its body: counted, not answered, nothing produced.
+    with connect(str(gateway.base_url)) as sock:
+        start_body(sock, "/v1/events", 1000, msgspec.json.encode(events[0])[:40])
     produce_raw(config.kafka, topic, garbage)
     wait_until_drained(config, timeout=120)
 
@@ -366,6 +370,7 @@ def expected(run: Run) -> Expected:
         "eventray_gateway_events_accepted": {(): float(client.accepted)},
         "eventray_gateway_events_refused": {(r,): float(n) for r, n in client.refused.items()},
         "eventray_gateway_produce_latency_seconds": {(): float(client.accepted_requests)},
+        "eventray_gateway_client_disconnects": {("/v1/events",): 1.0},
         "eventray_events_consumed": {(topic, str(p)): float(n)
                                      for p, n in run.ends.items() if n > 0},
         "eventray_events_validated": {(topic, p): float(n) for p, n in rows.items()},

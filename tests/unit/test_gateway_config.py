@@ -42,7 +42,7 @@ def test_fixed_replicas_or_autoscaling_from_settings() -> None:
 def test_haproxy_and_throughput_mode_are_on_by_default() -> None:
     assert serve_env(ServeConfig()) == {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "15"}
     isolated = serve_env(ServeConfig(), isolate=True)
     base = Path(isolated["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     try:
@@ -76,3 +76,30 @@ def test_a_request_limit_above_the_producer_queue_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"exceeds producer\.queue_max_messages"):
         msgspec.convert({"max_events_per_request": 100, "producer": {"queue_max_messages": 50}},
                         GatewayConfig)
+
+
+def test_the_body_bounds_come_from_the_settings() -> None:
+    config = load_settings(environ={
+        "EVENTRAY_GATEWAY__BODY_TIMEOUT_S": "2.5",
+        "EVENTRAY_GATEWAY__MAX_INFLIGHT_BODY_BYTES": str(32 * 1024 * 1024),
+    }).gateway_config()
+    assert config.body_timeout_s == 2.5
+    assert config.max_inflight_body_bytes == 32 * 1024 * 1024
+    defaults = GatewayConfig()
+    assert (defaults.body_timeout_s, defaults.max_inflight_body_bytes) == (10.0, 64 * 1024 * 1024)
+
+
+def test_a_body_larger_than_the_inflight_bound_is_refused() -> None:
+    # A body of the largest allowed size could never be admitted: every attempt would be 429.
+    with pytest.raises(msgspec.ValidationError, match="exceeds max_inflight_body_bytes"):
+        msgspec.convert({"max_body_bytes": 2048, "max_inflight_body_bytes": 1024}, GatewayConfig)
+
+
+def test_haproxy_must_wait_longer_for_a_client_than_the_gateway_waits_for_a_body() -> None:
+    # Otherwise HAProxy answers a stalled body first, with its own bare page.
+    with pytest.raises(msgspec.ValidationError, match="must exceed body_timeout_s"):
+        msgspec.convert({"body_timeout_s": 20, "serve": {"haproxy_client_timeout_s": 15}},
+                        GatewayConfig)
+    no_haproxy = {"body_timeout_s": 20, "serve": {"haproxy": False}}
+    assert msgspec.convert(no_haproxy, GatewayConfig).body_timeout_s == 20
+    assert "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S" not in serve_env(ServeConfig(haproxy=False))
