@@ -369,8 +369,12 @@ class SnowflakeWriter:
             done = False
             try:
                 cursor.execute(self._sql.fence_write, (token, *key, epoch))
-                if _rows_changed(cursor) != 1:
+                owner_rows = _rows_changed(cursor)
+                if owner_rows == 0:
                     raise self._fenced(cursor, batch, epoch)
+                if owner_rows > 1:  # a take leaves one row per epoch: never fence on this
+                    raise SinkError(f"{owner_rows} owner rows of {batch.topic}/"
+                                    f"{batch.partition} hold epoch {epoch}")
                 self._hook("owner_updated")
                 cursor.execute(self._sql.committed_offset, key)
                 row = cursor.fetchone()
