@@ -15,8 +15,10 @@ consumer restart rebuilds them from the table and the dead-letter topic.
 from __future__ import annotations
 
 import operator
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import islice
 from typing import Final
 
@@ -33,9 +35,6 @@ from actors.validation import reason_code, validate_batch
 
 CONTRACT_REASON: Final = "contract"
 _offset_of: Final = operator.attrgetter("offset")
-_NEVER: Final = 2**63  # above any offset
-# (offset, event key, accept time) of a record dead-lettered before its batch's main pass.
-_EarlyKey = tuple[int, DedupKey, int]
 
 
 class BatchPlan(msgspec.Struct, frozen=True):
@@ -81,10 +80,12 @@ def plan_batch(
     wins, so a time-based rule cannot flip it). An event whose key the window holds within
     its window of the record's accept time is a duplicate: neither written nor dead-lettered.
     The keys of new rows and dead letters are added to ``window``, so duplicates inside the
-    batch count too. A record that breaks the contract is always dead-lettered; its key, when
-    its value has one, enters the window like any dead letter's (a restarted consumer reads it
-    back from the dead-letter topic). Replayed records are de-duplicated on their dead letter
-    (see the module docstring). ``window`` first forgets keys too old for this batch.
+    batch count too. A record that breaks the contract is dead-lettered (unless it replays a
+    dead letter replayed before); its key, when its value has one, enters the window like any
+    dead letter's (a restarted consumer reads it back from the dead-letter topic). Replayed
+    records are de-duplicated on their dead letter (see the module docstring). Records are
+    decided one by one in offset order, so how they fall into batches changes nothing.
+    ``window`` first forgets keys too old for this batch.
     """
     from_offset, to_offset = batch_range(next_from, records)
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
@@ -100,22 +101,58 @@ def plan_batch(
         code = reason_code(reason)
         rejected[code] = rejected.get(code, 0) + 1
 
-    checked = _decode_and_check(
-        records, topic=topic, partition=partition, codec=codec, rules=rules, now=now,
-        window=window, recovered=recovered, arrival_ms=arrival_ms, dead_letter=dead_letter)
-    decoded, events, verdicts, already, replayed_twice, early = checked
+    decoded, events, verdicts, special = _decode_and_check(
+        records, codec=codec, rules=rules, now=now, recovered=recovered)
     rows: list[EventRow] = []
+    decide = partial(_decide, rows=rows, window=window, topic=topic, partition=partition,
+                     arrival_ms=arrival_ms, dead_letter=dead_letter)
+    if not special:
+        duplicates, already = decide(decoded, events, verdicts), 0
+    else:
+        # Records dead-lettered before a restart or breaking the contract are decided in
+        # offset order with the others (a window rebuilt in offset order has their keys), so
+        # how records fall into batches changes nothing: the decoded ones in runs between.
+        duplicates = already = 0
+        offsets = [record.offset for record in decoded]
+        at = 0
+        for record, contract_error in special:
+            stop = bisect_left(offsets, record.offset)
+            duplicates += decide(decoded[at:stop], events[at:stop], verdicts[at:stop])
+            at = stop
+            at_ms = record.accepted_at_ms or arrival_ms
+            if contract_error is None:
+                already += 1
+                _remember_dead_letter(window, record, at_ms)
+            elif record.replay_of is not None and not window.first_seen(
+                    replay_key(record.replay_of), at_ms):
+                duplicates += 1  # its dead letter was replayed before
+            else:
+                if record.offset <= recovered.watermark:
+                    raise EventrayError(
+                        f"{topic}/{partition} offset {record.offset} breaks the contract "
+                        f"({contract_error.field}: {contract_error.reason}) but is not in "
+                        "the dead-letter topic below its watermark")
+                dead_letter(record, f"{CONTRACT_REASON}: {contract_error.field}: "
+                                    f"{contract_error.reason}")
+                _remember_dead_letter(window, record, at_ms, replay=False)
+        duplicates += decide(decoded[at:], events[at:], verdicts[at:])
+    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
+    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
+                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
+    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
+                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+
+
+def _decide(records: Sequence[SourceRecord], events: Sequence[Event],
+            verdicts: Sequence[str | None], *, rows: list[EventRow], window: DedupWindow,
+            topic: str, partition: int, arrival_ms: int,
+            dead_letter: Callable[[SourceRecord, str], None]) -> int:
+    """De-duplicate decoded ``records`` (their events and verdicts) in order: each becomes a
+    row (appended to ``rows``), a dead letter, or a duplicate; return the duplicates."""
     add_row = rows.append
-    duplicates = replayed_twice
     first_seen = window.first_seen
-    # Keys of records dead-lettered before decoding enter the window in offset order with
-    # the others, as a window rebuilt in offset order has them.
-    early_at = 0
-    next_early = early[0][0] if early else _NEVER
-    for record, event, reason in zip(decoded, events, verdicts, strict=True):
-        if record.offset > next_early:
-            early_at = _add_dead_lettered(window, early, early_at, record.offset)
-            next_early = early[early_at][0] if early_at < len(early) else _NEVER
+    duplicates = 0
+    for record, event, reason in zip(records, events, verdicts, strict=True):
         accepted_at_ms = record.accepted_at_ms
         at_ms = arrival_ms if accepted_at_ms is None else accepted_at_ms
         key = (event.account_id, event.event_id)
@@ -124,6 +161,9 @@ def plan_batch(
             if not first_seen(key, at_ms, reason is None):
                 duplicates += 1
                 continue
+        elif not first_seen(replay_key(replay_of), at_ms):
+            duplicates += 1  # its dead letter was replayed before
+            continue
         elif not _admit_replayed_event(window, key, at_ms, written=reason is None):
             # Held as if it had never come: a restarted window (rebuilt from what was written
             # and dead-lettered) does not know this replay either.
@@ -136,12 +176,7 @@ def plan_batch(
             add_row(row_from_event(event, topic=topic, partition=partition,
                                    offset=record.offset, request_id=record.request_id,
                                    accepted_at_ms=at_ms, replay_of=replay_of))
-    _add_dead_lettered(window, early, early_at, _NEVER)
-    letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
-    batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
-                      to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
-    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
-                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+    return duplicates
 
 
 def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
@@ -157,81 +192,50 @@ def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
     return True
 
 
-def _add_dead_lettered(window: DedupWindow, early: list[_EarlyKey], start: int,
-                       below: int) -> int:
-    """Add the keys of ``early[start:]`` at offsets below ``below``, as dead-lettered (a later
-    retry of them is a duplicate); return where the rest starts."""
-    at = start
-    while at < len(early) and early[at][0] < below:
-        _, key, at_ms = early[at]
+def _remember_dead_letter(window: DedupWindow, record: SourceRecord, at_ms: int, *,
+                          replay: bool = True) -> None:
+    """A dead letter's keys, as a restarted window reads them back: its event key (a later
+    retry is a duplicate) and, with ``replay``, the dead letter it replays (so is a later
+    replay of that one)."""
+    key = event_key(record.value)
+    if key is not None:
         window.add(key, at_ms, written=False)
-        at += 1
-    return at
+    if replay and record.replay_of is not None:
+        window.add(replay_key(record.replay_of), at_ms)
 
 
 def _decode_and_check(
-    records: Sequence[SourceRecord], *, topic: str, partition: int, codec: EventCodec,
-    rules: ValidationRules, now: datetime, window: DedupWindow, recovered: Recovered,
-    arrival_ms: int, dead_letter: Callable[[SourceRecord, str], None],
-) -> tuple[list[SourceRecord], list[Event], list[str | None], int, int, list[_EarlyKey]]:
-    """Decode ``records`` (dead-lettering contract failures) and apply the business rules:
-    ``(records that decoded, their events, their verdicts (None: valid), records skipped as
-    already dead-lettered, replays of a dead letter replayed before (dropped), the event keys
-    of records dead-lettered here or before a restart, by offset)``."""
-    already = replayed_twice = 0
+    records: Sequence[SourceRecord], *, codec: EventCodec, rules: ValidationRules,
+    now: datetime, recovered: Recovered,
+) -> tuple[list[SourceRecord], list[Event], list[str | None],
+           list[tuple[SourceRecord, FieldError | None]]]:
+    """Decode ``records`` and apply the business rules: ``(records that decoded, their events,
+    their verdicts (None: valid), the others by offset: each with why it broke the contract,
+    or None when it was dead-lettered before a restart)``."""
     todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
-    skipped: list[_EarlyKey] = []
+    special: list[tuple[SourceRecord, FieldError | None]] = []
     watermark = recovered.watermark
     for record in records:
-        at_ms = record.accepted_at_ms or arrival_ms
         if record.offset <= watermark and recovered.already(record.offset):
-            already += 1
-            key = event_key(record.value)
-            if key is not None:
-                skipped.append((record.offset, key, at_ms))
-            if record.replay_of is not None:  # and so is a later replay of the same letter
-                window.add(replay_key(record.replay_of), at_ms)
-            continue
-        if record.replay_of is not None and not window.first_seen(
-                replay_key(record.replay_of), at_ms):
-            replayed_twice += 1
-            continue
-        todo.append(record)
+            special.append((record, None))
+        else:
+            todo.append(record)
     events, positions, failures = codec.decode_each(
         [record.value if record.value is not None else b"" for record in todo])
-    broken: list[_EarlyKey] = []
-    for at, exc in failures:
-        record = todo[at]
-        _contract_failure(record, describe_error(exc), replayed=record.offset <= watermark,
-                          topic=topic, partition=partition, dead_letter=dead_letter)
-        key = event_key(record.value)
-        if key is not None:  # as a restarted window loads it from the dead-letter topic
-            broken.append((record.offset, key, record.accepted_at_ms or arrival_ms))
-    early = sorted(skipped + broken) if skipped and broken else skipped or broken
+    if failures:
+        special += [(todo[at], describe_error(exc)) for at, exc in failures]
+        special.sort(key=lambda item: item[0].offset)
     decoded = [todo[at] for at in positions]
     # Positions in ``events`` of the fresh ones: a replayed record's first verdict was valid,
     # so it stays valid.
     fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]
     fresh = [events[at] for at in fresh_at]
     if len(fresh) == len(events):
-        return (decoded, events, validate_batch(events, rules, now), already, replayed_twice,
-                early)
+        return decoded, events, validate_batch(events, rules, now), special
     verdicts: list[str | None] = [None] * len(events)
     for at, reason in zip(fresh_at, validate_batch(fresh, rules, now), strict=True):
         verdicts[at] = reason
-    return decoded, events, verdicts, already, replayed_twice, early
-
-
-def _contract_failure(record: SourceRecord, error: FieldError, *, replayed: bool, topic: str,
-                      partition: int, dead_letter: Callable[[SourceRecord, str], None]) -> None:
-    """Dead-letter a record that breaks the contract; below the watermark that is corruption:
-    it was valid (or dead-lettered, and skipped) the first time."""
-    if replayed:
-        raise EventrayError(
-            f"{topic}/{partition} offset {record.offset} breaks the contract "
-            f"({error.field}: {error.reason}) but is not in the dead-letter topic below "
-            "its watermark")
-    dead_letter(record, f"{CONTRACT_REASON}: {error.field}: {error.reason}")
+    return decoded, events, verdicts, special
 
 
 def _letter_headers(headers: SourceHeaders, at_ms: int) -> tuple[tuple[str, bytes], ...]:

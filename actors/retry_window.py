@@ -62,9 +62,9 @@ class DedupWindow:
     def __init__(self, window_s: float, max_keys: int | None = None) -> None:
         self._window_ms = int(window_s * 1000)
         self._max_keys = max_keys
-        # key -> accept time << 1 | written (1: its event was written as a row, 0: only
-        # dead-lettered). One int per key: the hot path does one dict lookup.
-        self._held: dict[DedupKey, int] = {}
+        self._held: dict[DedupKey, int] = {}  # key -> accept time (epoch ms)
+        # Held keys whose event was only dead-lettered (a few): the others were written.
+        self._dead: set[DedupKey] = set()
         # (accept time, key) in insertion order; an entry whose key was re-added later (a new
         # event with an id reused after the window) is skipped when it comes up.
         self._order: collections.deque[tuple[int, DedupKey]] = collections.deque()
@@ -94,7 +94,8 @@ class DedupWindow:
     def written(self, key: DedupKey, at_ms: int) -> bool:
         """Whether ``key``'s event was written as a row within the window of ``at_ms``."""
         held = self._held.get(key)
-        return held is not None and held & 1 == 1 and held >> 1 >= at_ms - self._window_ms
+        return (held is not None and held >= at_ms - self._window_ms
+                and key not in self._dead)
 
     def add(self, key: DedupKey, at_ms: int, written: bool = True) -> None:
         self.first_seen(key, at_ms, written)
@@ -104,12 +105,15 @@ class DedupWindow:
         when added (not a duplicate). ``written``: the key's event becomes a row (False: it is
         dead-lettered)."""
         held = self._held
-        found = held.get(key)
-        if found is not None and found >> 1 >= at_ms - self._window_ms:
-            return False
-        if found is None and self._max_keys is not None and len(held) >= self._max_keys:
+        if key in held:
+            if held[key] >= at_ms - self._window_ms:
+                return False
+            self._dead.discard(key)  # an id reused after the window: a new event
+        elif self._max_keys is not None and len(held) >= self._max_keys:
             self._forget_oldest()
-        held[key] = at_ms << 1 | written
+        held[key] = at_ms
+        if not written:
+            self._dead.add(key)
         self._order.append((at_ms, key))
         return True
 
@@ -117,11 +121,12 @@ class DedupWindow:
         """``key``'s event was written as a row (a replay of its dead letter), held or not; a
         held key keeps its accept time."""
         if not self.first_seen(key, at_ms):
-            self._held[key] |= 1
+            self._dead.discard(key)
 
     def discard(self, key: DedupKey) -> None:
         """Forget ``key`` (a replay key added for a replay that was then dropped)."""
         self._held.pop(key, None)
+        self._dead.discard(key)
 
     def evict(self, now_ms: int) -> int:
         """Forget keys accepted before ``now_ms - window``; return how many."""
@@ -130,9 +135,9 @@ class DedupWindow:
         evicted = 0
         while order and order[0][0] < cutoff:
             at_ms, key = order.popleft()
-            found = held.get(key)
-            if found is not None and found >> 1 == at_ms:
+            if held.get(key) == at_ms:
                 del held[key]
+                self._dead.discard(key)
                 evicted += 1
         return evicted
 
@@ -140,8 +145,8 @@ class DedupWindow:
         held, order = self._held, self._order
         while order:
             at_ms, key = order.popleft()
-            found = held.get(key)
-            if found is not None and found >> 1 == at_ms:
+            if held.get(key) == at_ms:
                 del held[key]
+                self._dead.discard(key)
                 self.evicted_early += 1
                 return

@@ -136,3 +136,19 @@ def test_keys_skipped_as_dead_lettered_enter_the_window_in_offset_order() -> Non
     again = plan(batch, rebuilt(batch[0], 0, [], []), planned_ms=T_MS + 90_000,
                  recovered=recovered_from([1], 0))
     assert (again.valid, again.already_dead_lettered, again.duplicates) == (1, 1, 1)
+
+
+def test_how_records_fall_into_batches_changes_no_decision() -> None:
+    # e-1 is written; a replay of dead letter 0:0 carrying e-1 is dropped (its event is in the
+    # table) and leaves no trace; a later replay of 0:0 carrying e-2 goes through, whether the
+    # two replays share a batch or not (found by the property test).
+    def replay(offset: int, event_id: str) -> SourceRecord:
+        record = rec(offset, T_MS + offset, event_id)
+        return msgspec.structs.replace(record, replay_of="0:0")
+
+    records = [rec(0, T_MS), replay(1, "e-1"), rec(2, T_MS + 2), replay(3, "e-2")]
+    together = plan(records, DedupWindow(W_S), planned_ms=T_MS)
+    window = DedupWindow(W_S)
+    apart = [plan([r], window, planned_ms=T_MS) for r in records]
+    assert together.duplicates == sum(p.duplicates for p in apart) == 2
+    assert together.valid == sum(p.valid for p in apart) == 2
