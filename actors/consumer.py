@@ -356,10 +356,11 @@ class PartitionConsumer:
             if window is None:
                 window = self._rebuild_window(batch[0].accepted_at_ms or now_ms, committed)
             finisher = _Finisher(self, pending, consumer)
-            if moves.prepare(batch, window, self._stop.wait, finisher) < 0:
-                break  # stopping while waiting for another partition: the batch is not planned
+            moved = moves.prepare(batch, window, self._stop.wait, finisher)
             if finisher.done:
                 pending = None
+            if moved < 0:
+                break  # stopping while waiting for another partition: the batch is not planned
             plan = plan_batch(batch, topic=self._topic, partition=self._partition,
                               next_from=next_from, codec=codec, rules=cfg.rules, now=now,
                               window=window, recovered=recovered, now_ms=now_ms)
