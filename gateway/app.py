@@ -102,9 +102,11 @@ class Gateway:
         sampler = None
         if self.metrics.sample_interval_s is not None:
             sampler = asyncio.create_task(self._sample_metrics(self.metrics.sample_interval_s))
+        deadlines = asyncio.create_task(self.body.deadlines.watch(), name="eventray-body-deadlines")
         try:
             yield
         finally:
+            deadlines.cancel()
             if sampler is not None:
                 sampler.cancel()
             self.readiness.close()
