@@ -1,14 +1,17 @@
 """The exactly-once Snowflake sink: a plain writer class and the Ray actor that hosts it.
 
 Each consumer life (actor incarnation) first takes a new owner epoch for its partition
-(``take_ownership``; the owners table, ``actors.warehouse``) and sends it with every batch.
+(``take_ownership``; the partition's owners table, ``actors.warehouse``) and sends it with
+every batch.
 ``SnowflakeWriter.write`` applies one partition batch ``[from_offset, to_offset)`` in ONE
 transaction that also appends the partition's new committed offset:
 
 1. update the partition's owner row where the epoch is the batch's, with a fresh write token:
    no row -> a newer owner took the partition: roll back, ``FencedError`` (nothing written).
    The UPDATE takes the lock that every other writer of the partition (same epoch on another
-   session, an older or a newer owner) waits for or, on the emulator, conflicts with;
+   session, an older or a newer owner) waits for or, on the emulator, conflicts with. Each
+   partition has an owners table of its own, so writers of other partitions never wait for it
+   (Snowflake's UPDATE lock covers a whole table);
 2. ``committed = MAX(NEXT_OFFSET)`` for the partition (``None``: never written), read AFTER
    the lock, so it includes whatever a writer that held the lock before committed;
 3. ``committed >= to_offset``: already applied, nothing is written (an idempotent retry);
@@ -63,7 +66,15 @@ from actors.partition_moves import PartitionMark
 from actors.request_compression import set_request_compression
 from actors.retry_window import DecidedKey, replay_key
 from actors.rows import FlushResult, SinkBatch
-from actors.warehouse import MovesSql, WarehouseSql, epoch_ms, moves_sql, warehouse_sql
+from actors.warehouse import (
+    MovesSql,
+    OwnerSql,
+    WarehouseSql,
+    epoch_ms,
+    moves_sql,
+    owner_sql,
+    warehouse_sql,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,10 @@ WriteHook = Callable[[str], None]
 """Called with the name of each step a write or take transaction reaches ("begin",
 "owner_updated", "offset_read", "rows_inserted", "before_commit"; "owner_row",
 "owner_locked"): tests pause a writer there to interleave two of them."""
+
+StatementLog = Callable[[str], None]
+"""Called with every statement the writer sends, before it is sent (tests check which tables
+a transaction touches and that no DDL runs inside one)."""
 
 # Errors after which a fresh connection and a retry of the whole transaction may succeed.
 _TRANSIENT: Final[tuple[type[Exception], ...]] = (
@@ -95,6 +110,8 @@ _SESSION_ERRNOS: Final = frozenset({390111, 390112, 390114})
 # statements wait for it; the emulator: at once, for DuckDB's write conflict). Retrying the
 # transaction later waits for that holder to commit, roll back, or be aborted.
 _LOCK_ERRNOS: Final = frozenset({625})
+# 002003: the object does not exist (or the role may not see it).
+_NO_SUCH_OBJECT: Final = 2003
 _MAX_BACKOFF_S: Final = 10.0
 # Bounds the connector's own retry loop per request (unbounded by default: with the warehouse
 # down, a call would hang for minutes instead of failing into our retries). Long queries on a
@@ -111,6 +128,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sf_errors.Error) and exc.errno in _SESSION_ERRNOS | _LOCK_ERRNOS
 
 
+
 class SnowflakeWriter:
     """One Snowflake connection that writes partition batches exactly once. No Ray in here.
 
@@ -118,7 +136,7 @@ class SnowflakeWriter:
     """
 
     def __init__(self, config: SnowflakeConfig, sink: SinkConfig,
-                 hook: WriteHook | None = None) -> None:
+                 hook: WriteHook | None = None, statements: StatementLog | None = None) -> None:
         self._config = config
         self._sink = sink
         self._sql: WarehouseSql = warehouse_sql(config)
@@ -126,16 +144,23 @@ class SnowflakeWriter:
         self._marks_ready = False  # the partition marks table is known to exist
         self._conn: Any = None  # connected lazily, on first use
         self._hook: WriteHook = hook or _no_hook
-        self._owners_ready = False  # the owners table is known to exist
+        self._statements = statements
+        # (topic, partition) -> its owners table's statements; and the tables known to exist
+        self._owner_sql: dict[tuple[str, int], OwnerSql] = {}
+        self._owner_tables: set[tuple[str, int]] = set()
         # (topic, partition) -> successful writes since its last prune attempt
         self._writes_since_prune: dict[tuple[str, int], int] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
-    def ensure_tables(self) -> None:
-        """Create the events, offsets and owners tables when missing (idempotent)."""
+    def ensure_tables(self, topic: str | None = None, partitions: int = 0) -> None:
+        """Create the events and offsets tables when missing, and the owners tables of
+        ``topic``'s partitions ``0 .. partitions - 1`` (idempotent). A partition added later
+        gets its owners table from its first take."""
         self._with_retries("ensure_tables", self._ensure_tables_once)
-        self._owners_ready = True
+        if topic is not None:
+            for partition in range(partitions):
+                self._ensure_owner_table(topic, partition)
 
     def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
         """Take a new owner epoch of ``topic``/``partition`` for ``owner`` (a consumer life)
@@ -146,15 +171,31 @@ class SnowflakeWriter:
         keeps it). Retrying is safe: an earlier attempt that committed for ``owner`` is
         returned, not taken again, so one life never takes two epochs.
         """
-        self._ensure_owners_table()
+        self._ensure_owner_table(topic, partition)
         return self._with_retries(
             "take_ownership", lambda: self._take_once(topic, partition, owner, expected))
 
     def owner_epoch(self, topic: str, partition: int) -> int | None:
-        """The partition's current owner epoch; ``None`` when nobody ever took it."""
-        self._ensure_owners_table()
-        rows = self._query(self._sql.current_owner, (topic, partition))
-        return int(rows[0][0]) if rows else None
+        """The partition's current owner epoch; ``None`` when nobody ever took it. (Until
+        this version's first take of the partition, the epoch an earlier version left in the
+        single owners table counts too.)"""
+        self._ensure_owner_table(topic, partition)
+        key = (topic, partition)
+
+        def once() -> int | None:
+            cursor = self._connection().cursor()
+            try:
+                self._execute(cursor, self._owners(*key).current, key)
+                row = cursor.fetchone()
+                epochs = [int(row[0])] if row is not None else []
+                legacy = self._legacy_epoch(cursor, key)
+                if legacy is not None:
+                    epochs.append(legacy)
+                return max(epochs) if epochs else None
+            finally:
+                cursor.close()
+
+        return self._with_retries("owner_epoch", once)
 
     def write(self, batch: SinkBatch, epoch: int) -> FlushResult:
         """Apply ``batch`` exactly once as the owner holding ``epoch``; see the module
@@ -277,32 +318,57 @@ class SnowflakeWriter:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _execute(self, cursor: Any, sql: str, params: tuple[object, ...] = ()) -> None:
+        if self._statements is not None:
+            self._statements(sql)
+        cursor.execute(sql, params)
+
     def _ensure_tables_once(self) -> None:
         cursor = self._connection().cursor()
         try:
-            cursor.execute(self._sql.create_events)
+            self._execute(cursor, self._sql.create_events)
             for statement in self._sql.migrate_events:
-                cursor.execute(statement)
-            cursor.execute(self._sql.create_offsets)
-            cursor.execute(self._sql.create_owners)
+                self._execute(cursor, statement)
+            self._execute(cursor, self._sql.create_offsets)
         finally:
             cursor.close()
 
-    def _ensure_owners_table(self) -> None:
-        """Create the owners table once per writer: a deployment whose tables were made before
-        it existed gets it from its first consumer, without waiting for ``ensure_tables``."""
-        if self._owners_ready:
+    def _owners(self, topic: str, partition: int) -> OwnerSql:
+        key = (topic, partition)
+        sql = self._owner_sql.get(key)
+        if sql is None:
+            sql = self._owner_sql[key] = owner_sql(self._config, topic, partition)
+        return sql
+
+    def _ensure_owner_table(self, topic: str, partition: int) -> None:
+        """Create the partition's owners table once per writer, as its own autocommit
+        statement: DDL commits an open transaction in Snowflake, so it never runs inside a
+        take or a write (those only ever follow it)."""
+        if (topic, partition) in self._owner_tables:
             return
+        create = self._owners(topic, partition).create
 
         def once() -> None:
             cursor = self._connection().cursor()
             try:
-                cursor.execute(self._sql.create_owners)
+                self._execute(cursor, create)
             finally:
                 cursor.close()
 
         self._with_retries("create owners table", once)
-        self._owners_ready = True
+        self._owner_tables.add((topic, partition))
+
+    def _legacy_epoch(self, cursor: Any, key: tuple[str, int]) -> int | None:
+        """The partition's epoch in the single owners table of earlier versions; ``None`` when
+        that table does not exist or has no row of the partition (never there, or moved)."""
+        try:
+            self._execute(cursor, self._sql.legacy_epoch, key)
+        except sf_errors.ProgrammingError as exc:
+            if exc.errno == _NO_SUCH_OBJECT:
+                return None
+            raise
+        row = cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def _ensure_marks_table(self) -> None:
         if not self._marks_ready:
@@ -313,7 +379,7 @@ class SnowflakeWriter:
         def once() -> list[tuple[Any, ...]]:
             cursor = self._connection().cursor()
             try:
-                cursor.execute(sql, params)
+                self._execute(cursor, sql, params)
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
@@ -323,37 +389,52 @@ class SnowflakeWriter:
     def _take_once(self, topic: str, partition: int, owner: str, expected: int) -> int:
         """One attempt of ``take_ownership``: see ``actors.warehouse`` for the statements."""
         key = (topic, partition)
+        sql = self._owners(topic, partition)
         cursor = self._connection().cursor()
         try:
             # Autocommit, so the row exists for the UPDATE below to lock (an UPDATE of no row
             # locks nothing on the emulator).
-            cursor.execute(self._sql.insert_owner_if_missing, (*key, *key))
+            self._execute(cursor, sql.insert_if_missing, (*key, *key))
+            # An earlier version's row of the partition, in its single owners table: moved here
+            # by this take, under that table's lock (actors.warehouse).
+            legacy = self._legacy_epoch(cursor, key) is not None
             self._hook("owner_row")
-            cursor.execute("BEGIN")
+            self._execute(cursor, "BEGIN")
             done = False
             try:
-                cursor.execute(self._sql.lock_owner, key)
+                if legacy:  # first: an earlier version's write in flight commits before
+                    self._execute(cursor, self._sql.legacy_lock, key)
+                self._execute(cursor, sql.lock, key)
                 self._hook("owner_locked")
-                cursor.execute(self._sql.current_owner, key)
+                self._execute(cursor, sql.current, key)
                 row = cursor.fetchone()
                 if row is None:
                     raise SinkError(f"the owner row of {topic}/{partition} is missing")
                 current, holder = int(row[0]), row[1]
                 if holder == owner:
                     return current  # an earlier attempt committed: nothing more to take
+                legacy_epoch = self._legacy_epoch(cursor, key) if legacy else None
+                if legacy_epoch is not None:
+                    current = max(current, legacy_epoch)
                 if current != expected:
                     raise FencedError(
                         f"partition {topic}/{partition} was taken by epoch {current} "
                         f"(owner {holder}) after {owner} saw epoch {expected}")
-                cursor.execute(self._sql.delete_owner, key)  # also any duplicate first row
-                cursor.execute(self._sql.insert_owner, (*key, current + 1, owner))
-                cursor.execute("COMMIT")
+                self._execute(cursor, sql.delete, key)  # also any duplicate first row
+                self._execute(cursor, sql.insert, (*key, current + 1, owner))
+                if legacy_epoch is not None:
+                    self._execute(cursor, self._sql.legacy_delete, key)
+                self._execute(cursor, "COMMIT")
                 done = True
             finally:
                 if not done:
                     self._rollback(cursor)
         finally:
             cursor.close()
+        if legacy_epoch is not None:
+            logger.info("partition owner moved from the single owners table topic=%s "
+                        "partition=%d table=%s epoch=%d", topic, partition,
+                        self._sql.legacy_owners_table, legacy_epoch)
         logger.info("partition owner taken topic=%s partition=%d epoch=%d owner=%s",
                     topic, partition, current + 1, owner)
         return current + 1
@@ -361,14 +442,15 @@ class SnowflakeWriter:
     def _write_once(self, batch: SinkBatch, epoch: int) -> tuple[int, int]:
         """One transaction; returns ``(rows_written, committed_offset)``."""
         key = (batch.topic, batch.partition)
+        sql = self._owners(*key)
         token = uuid.uuid4().hex  # identifies this attempt's transaction (module docstring)
         cursor = self._connection().cursor()
         try:
             self._hook("begin")
-            cursor.execute("BEGIN")
+            self._execute(cursor, "BEGIN")
             done = False
             try:
-                cursor.execute(self._sql.fence_write, (token, *key, epoch))
+                self._execute(cursor, sql.fence_write, (token, *key, epoch))
                 owner_rows = _rows_changed(cursor)
                 if owner_rows == 0:
                     raise self._fenced(cursor, batch, epoch)
@@ -376,7 +458,7 @@ class SnowflakeWriter:
                     raise SinkError(f"{owner_rows} owner rows of {batch.topic}/"
                                     f"{batch.partition} hold epoch {epoch}")
                 self._hook("owner_updated")
-                cursor.execute(self._sql.committed_offset, key)
+                self._execute(cursor, self._sql.committed_offset, key)
                 row = cursor.fetchone()
                 committed = None if row is None or row[0] is None else int(row[0])
                 self._hook("offset_read")
@@ -386,17 +468,17 @@ class SnowflakeWriter:
                     return 0, committed  # already applied: rolled back, nothing written
                 written = 0
                 if batch.row_count > 0:
-                    cursor.execute(self._sql.insert_rows,
-                                   (batch.rows_json.decode(), start, *key, token))
+                    self._execute(cursor, sql.insert_rows,
+                                  (batch.rows_json.decode(), start, *key, token))
                     written = _rows_changed(cursor)
                 self._hook("rows_inserted")
-                cursor.execute(self._sql.insert_offset, (*key, batch.to_offset, *key, token))
+                self._execute(cursor, sql.insert_offset, (*key, batch.to_offset, *key, token))
                 if _rows_changed(cursor) != 1:
                     raise TransactionAbortedError(
                         f"the write transaction of {batch.topic}/{batch.partition} "
                         f"[{batch.from_offset}, {batch.to_offset}) was aborted midway; retrying")
                 self._hook("before_commit")
-                cursor.execute("COMMIT")
+                self._execute(cursor, "COMMIT")
                 done = True
             finally:
                 if not done:
@@ -407,7 +489,8 @@ class SnowflakeWriter:
 
     def _fenced(self, cursor: Any, batch: SinkBatch, epoch: int) -> FencedError:
         """The error for a write whose epoch is not the partition's (read for the message)."""
-        cursor.execute(self._sql.current_owner, (batch.topic, batch.partition))
+        self._execute(cursor, self._owners(batch.topic, batch.partition).current,
+                      (batch.topic, batch.partition))
         row = cursor.fetchone()
         current = "none" if row is None else f"{int(row[0])} (owner {row[1]})"
         logger.warning("write fenced topic=%s partition=%d epoch=%d current_epoch=%s "
@@ -436,7 +519,7 @@ class SnowflakeWriter:
         try:
             cursor = self._connection().cursor()
             try:
-                cursor.execute(self._sql.prune_offsets, (topic, partition, committed))
+                self._execute(cursor, self._sql.prune_offsets, (topic, partition, committed))
                 deleted = cursor.rowcount
             finally:
                 cursor.close()
@@ -456,7 +539,7 @@ class SnowflakeWriter:
 
     def _rollback(self, cursor: Any) -> None:
         try:
-            cursor.execute("ROLLBACK")
+            self._execute(cursor, "ROLLBACK")
         except sf_errors.Error as exc:
             # The session is unusable; drop it so the server discards the open transaction.
             logger.warning("rollback failed, dropping the connection error=%r", exc)
@@ -521,8 +604,8 @@ class SnowflakeSink:
         node_id: str = ray.get_runtime_context().get_node_id()
         return node_id
 
-    def ensure_tables(self) -> None:
-        self._writer.ensure_tables()
+    def ensure_tables(self, topic: str | None = None, partitions: int = 0) -> None:
+        self._writer.ensure_tables(topic, partitions)
 
     def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
         return self._writer.take_ownership(topic, partition, owner, expected)

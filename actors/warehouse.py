@@ -19,18 +19,24 @@ upper-case):
   inserts) does not conflict with it. The bound is an offset the writer just read or
   committed, never above the partition's maximum, so the max row (the committed position) is
   never deleted. A failed prune only leaves extra rows until the next one.
-* owners: one row per (topic, partition) holding the partition's owner ``EPOCH``, the consumer
-  life that took it (``OWNER``) and the token of the last write transaction that held it
-  (``WRITE_TOKEN``). The fencing (``actors.sink``, docs/guarantees.md):
+* owners: ONE SMALL TABLE PER (topic, partition) (``owner_sql``; named
+  ``<owners_table>_<partition>_<8 hex digits of the topic's SHA-256>``, the topic and partition
+  also in its row), holding the partition's owner ``EPOCH``, the consumer life that took it
+  (``OWNER``) and the token of the last write transaction that held it (``WRITE_TOKEN``). One
+  table per partition because Snowflake's UPDATE lock covers the table, not the row: with one
+  owners table every partition's write transaction would wait for every other's. Created by
+  ``ensure_tables`` for the partitions known then and by the first take of a partition added
+  later, always as its own autocommit statement (DDL commits an open transaction in
+  Snowflake), never inside a take or a write. The fencing (``actors.sink``,
+  docs/guarantees.md):
 
   - a consumer life takes a new epoch once, before its first write
-    (``SnowflakeWriter.take_ownership``): make sure the row exists (``insert_owner_if_missing``,
-    epoch 0, which no owner ever holds), then in one transaction lock it (``lock_owner``), read
-    it (``current_owner``), and replace it with epoch + 1 (``delete_owner``,
-    ``insert_owner``). Two first inserts may both land (Snowflake enforces no unique key on
-    standard tables, and an INSERT ... WHERE NOT EXISTS does not wait for a parallel one): the
-    delete under the lock removes the extra row, and a straggler that commits later has epoch
-    0, which no write ever matches;
+    (``SnowflakeWriter.take_ownership``): make sure the row exists (``insert_if_missing``,
+    epoch 0, which no owner ever holds), then in one transaction lock it (``lock``), read it
+    (``current``), and replace it with epoch + 1 (``delete``, ``insert``). Two first inserts
+    may both land (Snowflake enforces no unique key on standard tables, and an INSERT ... WHERE
+    NOT EXISTS does not wait for a parallel one): the delete under the lock removes the extra
+    row, and a straggler that commits later has epoch 0, which no write ever matches;
   - every batch write transaction FIRST updates the row where the epoch is the writer's
     (``fence_write``, setting a fresh ``WRITE_TOKEN``): 0 rows means a newer owner took the
     partition. The UPDATE takes the lock the next owner's take or write must wait for (or, on
@@ -40,6 +46,13 @@ upper-case):
     transaction that blocks another; so does the emulator, see
     ``cluster.local.snowflake_emulator``) and run the remaining statements on their own,
     they insert nothing.
+
+  Earlier versions kept every partition's row in the single table ``<owners_table>``. A
+  partition's first take by this version moves its epoch out of it, in the take's transaction:
+  it locks the partition's row there first (``legacy_lock``: an earlier version's write in
+  flight commits before), continues from ``MAX(EPOCH)`` there (``legacy_epoch``) and deletes
+  the row (``legacy_delete``): an earlier version's life that still runs matches no row at its
+  next write and is fenced. Partitions without a row there never touch that table.
 
 Timestamps are TIMESTAMP_TZ: the emulator (DuckDB TIMESTAMPTZ) returns them as aware UTC
 datetimes, which round-trip exactly to the microsecond; Snowflake keeps the offset given.
@@ -53,6 +66,7 @@ flattens server side: one statement per batch, valid Snowflake SQL and fast on t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,6 +78,10 @@ from actors.rows import row_field_index
 # Unquoted Snowflake identifiers, optionally qualified (db.schema.table). We interpolate table
 # names into SQL, so anything else is refused; values are always bound.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
+# Snowflake's longest identifier.
+_MAX_IDENTIFIER = 255
+# The columns that name a partition in the owners and legacy owners tables.
+_OWNER_KEY = 'TOPIC = ? AND "PARTITION" = ?'
 
 # The events table's columns, in insert order.
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -79,29 +97,20 @@ class WarehouseSql:
 
     events_table: str
     offsets_table: str
-    owners_table: str
+    # The single owners table of earlier versions (``<owners_table>``): read, locked and emptied
+    # partition by partition by the first takes of this version, never created.
+    legacy_owners_table: str
     create_events: str
     # Run after create_events: bring an events table created by an earlier version up to date.
     migrate_events: tuple[str, ...]
     create_offsets: str
-    create_owners: str
-    # (topic, partition, topic, partition) -> inserts the row with epoch 0 unless there is one
-    insert_owner_if_missing: str
+    # (topic, partition) -> MAX(EPOCH) of the partition's rows, NULL without one; 002003 when
+    # the table does not exist
+    legacy_epoch: str
     # (topic, partition) -> updates the partition's row(s): takes the lock, changes nothing
-    lock_owner: str
-    # (topic, partition) -> (EPOCH, OWNER) of the row with the highest epoch, or no row
-    current_owner: str
+    legacy_lock: str
     # (topic, partition)
-    delete_owner: str
-    # (topic, partition, epoch, owner)
-    insert_owner: str
-    # (write_token, topic, partition, epoch) -> 1 row updated, 0 when the epoch is not current
-    fence_write: str
-    # (rows_json: str, min_offset: int, topic, partition, write_token) -> inserts the rows with
-    # kafka_offset >= min_offset while the transaction holding write_token is alive
-    insert_rows: str
-    # (topic, partition, next_offset, topic, partition, write_token) -> 1 row, likewise
-    insert_offset: str
+    legacy_delete: str
     # (topic, partition) -> MAX(NEXT_OFFSET) or NULL
     committed_offset: str
     # (topic, partition, committed_offset) -> deletes the partition's rows below it (autocommit)
@@ -121,14 +130,11 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     """The statements for ``config``'s tables; raises ``ConfigError`` for unsafe table names."""
     events = _identifier("snowflake.events_table", config.events_table)
     offsets = _identifier("snowflake.offsets_table", config.offsets_table)
-    owners = _identifier("snowflake.owners_table", config.owners_table)
-    owner_key = 'TOPIC = ? AND "PARTITION" = ?'
-    # True only inside the transaction that set the token (or after it committed).
-    holds_token = f"EXISTS (SELECT 1 FROM {owners} WHERE {owner_key} AND WRITE_TOKEN = ?)"
+    legacy = _identifier("snowflake.owners_table", config.owners_table)
     return WarehouseSql(
         events_table=events,
         offsets_table=offsets,
-        owners_table=owners,
+        legacy_owners_table=legacy,
         create_events=f"""CREATE TABLE IF NOT EXISTS {events} (
     EVENT_ID VARCHAR NOT NULL,
     ACCOUNT_ID VARCHAR NOT NULL,
@@ -151,53 +157,9 @@ def warehouse_sql(config: SnowflakeConfig) -> WarehouseSql:
     NEXT_OFFSET NUMBER(38, 0) NOT NULL,
     WRITTEN_AT TIMESTAMP_TZ NOT NULL
 )""",
-        create_owners=f"""CREATE TABLE IF NOT EXISTS {owners} (
-    TOPIC VARCHAR NOT NULL,
-    "PARTITION" NUMBER(10, 0) NOT NULL,
-    EPOCH NUMBER(38, 0) NOT NULL,
-    OWNER VARCHAR,
-    WRITE_TOKEN VARCHAR,
-    UPDATED_AT TIMESTAMP_TZ NOT NULL
-)""",
-        insert_owner_if_missing=(
-            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, UPDATED_AT) '
-            "SELECT ?, ?, 0, CURRENT_TIMESTAMP() "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {owners} WHERE {owner_key})"
-        ),
-        lock_owner=f"UPDATE {owners} SET UPDATED_AT = CURRENT_TIMESTAMP() WHERE {owner_key}",
-        current_owner=(
-            f"SELECT EPOCH, OWNER FROM {owners} WHERE {owner_key} ORDER BY EPOCH DESC LIMIT 1"
-        ),
-        delete_owner=f"DELETE FROM {owners} WHERE {owner_key}",
-        insert_owner=(
-            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, OWNER, UPDATED_AT) '
-            "SELECT ?, ?, ?, ?, CURRENT_TIMESTAMP()"
-        ),
-        fence_write=(
-            f"UPDATE {owners} SET WRITE_TOKEN = ?, UPDATED_AT = CURRENT_TIMESTAMP() "
-            f"WHERE {owner_key} AND EPOCH = ?"
-        ),
-        insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
-SELECT
-    {_v("event_id")}::string,
-    {_v("account_id")}::string,
-    {_v("event_type")}::string,
-    {_v("occurred_at")}::timestamp_tz,
-    {_v("schema_version")}::number,
-    {_v("body")},
-    {_v("kafka_topic")}::string,
-    {_v("kafka_partition")}::number,
-    {_v("kafka_offset")}::number,
-    {_v("request_id")}::string,
-    TO_TIMESTAMP_TZ({_v("accepted_at_ms")}::number, 3),
-    CURRENT_TIMESTAMP(),
-    {_v("replay_of")}::string
-FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
-WHERE {_v("kafka_offset")}::number >= ? AND {holds_token}""",
-        insert_offset=(
-            f'INSERT INTO {offsets} (TOPIC, "PARTITION", NEXT_OFFSET, WRITTEN_AT) '
-            f"SELECT ?, ?, ?, CURRENT_TIMESTAMP() WHERE {holds_token}"
-        ),
+        legacy_epoch=f"SELECT MAX(EPOCH) FROM {legacy} WHERE {_OWNER_KEY}",
+        legacy_lock=f"UPDATE {legacy} SET UPDATED_AT = CURRENT_TIMESTAMP() WHERE {_OWNER_KEY}",
+        legacy_delete=f"DELETE FROM {legacy} WHERE {_OWNER_KEY}",
         committed_offset=(
             f'SELECT MAX(NEXT_OFFSET) FROM {offsets} WHERE TOPIC = ? AND "PARTITION" = ?'
         ),
@@ -220,6 +182,104 @@ WHERE {_v("kafka_offset")}::number >= ? AND {holds_token}""",
         ),
         count_rows=f"SELECT COUNT(*) FROM {events}",
         count_rows_of_topic=f"SELECT COUNT(*) FROM {events} WHERE KAFKA_TOPIC = ?",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerSql:
+    """The statements of ONE partition's owners table (``owner_sql``), and the write's two
+    INSERTs, which check that table for the transaction's token."""
+
+    owners_table: str
+    create: str
+    # (topic, partition, topic, partition) -> inserts the row with epoch 0 unless there is one
+    insert_if_missing: str
+    # (topic, partition) -> updates the partition's row(s): takes the lock, changes nothing
+    lock: str
+    # (topic, partition) -> (EPOCH, OWNER) of the row with the highest epoch, or no row
+    current: str
+    # (topic, partition)
+    delete: str
+    # (topic, partition, epoch, owner)
+    insert: str
+    # (write_token, topic, partition, epoch) -> 1 row updated, 0 when the epoch is not current
+    fence_write: str
+    # (rows_json: str, min_offset: int, topic, partition, write_token) -> inserts the rows with
+    # kafka_offset >= min_offset while the transaction holding write_token is alive
+    insert_rows: str
+    # (topic, partition, next_offset, topic, partition, write_token) -> 1 row, likewise
+    insert_offset: str
+
+
+def owners_table_name(owners_table: str, topic: str, partition: int) -> str:
+    """``<owners_table>_<partition>_<first 8 hex digits of SHA-256(topic)>``: one table per
+    topic and partition, so no two partitions' write transactions share a lock. Two topics
+    whose digests collide share a table, which only makes them wait for each other."""
+    digest = hashlib.sha256(topic.encode()).hexdigest()[:8].upper()
+    name = f"{owners_table}_{partition}_{digest}"
+    if len(name.rsplit(".", 1)[-1]) > _MAX_IDENTIFIER:
+        raise ConfigError(f"snowflake.owners_table: {owners_table!r} is too long for a "
+                          f"partition's owners table ({name})")
+    return name
+
+
+def owner_sql(config: SnowflakeConfig, topic: str, partition: int) -> OwnerSql:
+    """The statements of ``topic``/``partition``'s owners table and the write's INSERTs."""
+    events = _identifier("snowflake.events_table", config.events_table)
+    offsets = _identifier("snowflake.offsets_table", config.offsets_table)
+    owners = owners_table_name(_identifier("snowflake.owners_table", config.owners_table),
+                               topic, partition)
+    # True only inside the transaction that set the token (or after it committed).
+    holds_token = f"EXISTS (SELECT 1 FROM {owners} WHERE {_OWNER_KEY} AND WRITE_TOKEN = ?)"
+    return OwnerSql(
+        owners_table=owners,
+        create=f"""CREATE TABLE IF NOT EXISTS {owners} (
+    TOPIC VARCHAR NOT NULL,
+    "PARTITION" NUMBER(10, 0) NOT NULL,
+    EPOCH NUMBER(38, 0) NOT NULL,
+    OWNER VARCHAR,
+    WRITE_TOKEN VARCHAR,
+    UPDATED_AT TIMESTAMP_TZ NOT NULL
+)""",
+        insert_if_missing=(
+            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, UPDATED_AT) '
+            "SELECT ?, ?, 0, CURRENT_TIMESTAMP() "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {owners} WHERE {_OWNER_KEY})"
+        ),
+        lock=f"UPDATE {owners} SET UPDATED_AT = CURRENT_TIMESTAMP() WHERE {_OWNER_KEY}",
+        current=(
+            f"SELECT EPOCH, OWNER FROM {owners} WHERE {_OWNER_KEY} ORDER BY EPOCH DESC LIMIT 1"
+        ),
+        delete=f"DELETE FROM {owners} WHERE {_OWNER_KEY}",
+        insert=(
+            f'INSERT INTO {owners} (TOPIC, "PARTITION", EPOCH, OWNER, UPDATED_AT) '
+            "SELECT ?, ?, ?, ?, CURRENT_TIMESTAMP()"
+        ),
+        fence_write=(
+            f"UPDATE {owners} SET WRITE_TOKEN = ?, UPDATED_AT = CURRENT_TIMESTAMP() "
+            f"WHERE {_OWNER_KEY} AND EPOCH = ?"
+        ),
+        insert_rows=f"""INSERT INTO {events} ({", ".join(EVENT_COLUMNS)})
+SELECT
+    {_v("event_id")}::string,
+    {_v("account_id")}::string,
+    {_v("event_type")}::string,
+    {_v("occurred_at")}::timestamp_tz,
+    {_v("schema_version")}::number,
+    {_v("body")},
+    {_v("kafka_topic")}::string,
+    {_v("kafka_partition")}::number,
+    {_v("kafka_offset")}::number,
+    {_v("request_id")}::string,
+    TO_TIMESTAMP_TZ({_v("accepted_at_ms")}::number, 3),
+    CURRENT_TIMESTAMP(),
+    {_v("replay_of")}::string
+FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?)))
+WHERE {_v("kafka_offset")}::number >= ? AND {holds_token}""",
+        insert_offset=(
+            f'INSERT INTO {offsets} (TOPIC, "PARTITION", NEXT_OFFSET, WRITTEN_AT) '
+            f"SELECT ?, ?, ?, CURRENT_TIMESTAMP() WHERE {holds_token}"
+        ),
     )
 
 

@@ -9,7 +9,7 @@
   restartable, spread over the nodes);
 * reconciles every ``reconcile_interval_s``: an actor that is dead for good (restarts exhausted,
   or killed for good) has lost its name and is re-created; partitions added to the topic get
-  consumers; the DLQ grows with the source.
+  consumers (their owners tables come with their first take); the DLQ grows with the source.
 
 Ray itself restarts a crashed actor (also on another node when its node was removed); the
 supervisor covers what Ray gives up on. Everything the supervisor knows is found again by name,
@@ -334,7 +334,7 @@ class Supervisor:
                      self._partitions, partitions)
         sinks = [self._ensure_sink(i) for i in range(cfg.sink.pool_size)]
         if not self._tables_ready:
-            self._ensure_tables(sinks[0])
+            self._ensure_tables(sinks[0], partitions)
         for p in range(partitions):
             if self._stop.is_set():  # a shutdown waits for this round: create nothing more
                 return
@@ -344,8 +344,9 @@ class Supervisor:
             self._reconciled_at = time.time()
             self._last_error = None
 
-    def _ensure_tables(self, sink: Any) -> None:
-        """Have the first sink create the tables, waiting ``_CALL_TIMEOUT_S`` for it per round.
+    def _ensure_tables(self, sink: Any, partitions: int) -> None:
+        """Have the first sink create the tables (with the owners tables of the ``partitions``
+        known now), waiting ``_CALL_TIMEOUT_S`` for it per round.
 
         One call, kept pending across rounds (not one more per round): a warehouse that does
         not answer fails each round with a clear error (``status().last_error``) instead of
@@ -356,7 +357,7 @@ class Supervisor:
         from cluster.preflight import snowflake_location
 
         if self._tables_call is None:
-            self._tables_call = sink.ensure_tables.remote()
+            self._tables_call = sink.ensure_tables.remote(self._config.topics.events, partitions)
         try:
             ray.get(self._tables_call, timeout=_CALL_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:

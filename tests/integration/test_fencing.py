@@ -8,6 +8,7 @@ retries, so a writer shut out by another shows up as a second attempt ("begin" a
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from actors.config import SinkConfig, SnowflakeConfig
 from actors.exceptions import FencedError
 from actors.rows import SinkBatch
 from actors.sink import SnowflakeWriter
+from actors.warehouse import owner_sql
 from cluster.local.snowflake_emulator import LocalSnowflake
 
 pytestmark = pytest.mark.integration
@@ -79,11 +81,13 @@ def config(snowflake_config: SnowflakeConfig) -> SnowflakeConfig:
 
 @pytest.fixture
 def writers(config: SnowflakeConfig) -> Iterator[Callable[..., SnowflakeWriter]]:
-    """``writers(hook=None)``: a writer with its own Snowflake session, closed after the test."""
+    """``writers(hook=None, cfg=None, statements=None)``: a writer with its own Snowflake
+    session, closed after the test."""
     made: list[SnowflakeWriter] = []
 
-    def make(hook: Steps | None = None, cfg: SnowflakeConfig | None = None) -> SnowflakeWriter:
-        writer = SnowflakeWriter(cfg or config, PATIENT, hook)
+    def make(hook: Steps | None = None, cfg: SnowflakeConfig | None = None,
+             statements: Statements | None = None) -> SnowflakeWriter:
+        writer = SnowflakeWriter(cfg or config, PATIENT, hook, statements)
         made.append(writer)
         return writer
 
@@ -93,7 +97,8 @@ def writers(config: SnowflakeConfig) -> Iterator[Callable[..., SnowflakeWriter]]
 
 
 def owner_rows(config: SnowflakeConfig, topic: str, partition: int = 0) -> list[tuple[int, Any]]:
-    rows = select(config, f"SELECT EPOCH, OWNER FROM {config.owners_table} "
+    table = owner_sql(config, topic, partition).owners_table
+    rows = select(config, f"SELECT EPOCH, OWNER FROM {table} "
                           'WHERE TOPIC = ? AND "PARTITION" = ? ORDER BY EPOCH', (topic, partition))
     return [(int(epoch), owner) for epoch, owner in rows]
 
@@ -183,10 +188,12 @@ def test_first_takes_of_a_partition_with_duplicate_owner_rows(
     """Two first INSERTs of the owner row may both land (nothing enforces a unique key): the
     take removes the extra row under its lock, and a late one (epoch 0) matches no write."""
     topic = new_topic()
-    insert_placeholder = (f'INSERT INTO {config.owners_table} (TOPIC, "PARTITION", EPOCH, '
+    owners = owner_sql(config, topic, 0)
+    insert_placeholder = (f'INSERT INTO {owners.owners_table} (TOPIC, "PARTITION", EPOCH, '
                           "UPDATED_AT) SELECT ?, 0, 0, CURRENT_TIMESTAMP()")
     conn = snowflake.connector.connect(**config.connect_kwargs(), paramstyle="qmark")
     try:
+        conn.cursor().execute(owners.create)
         conn.cursor().execute(insert_placeholder, (topic,))
         conn.cursor().execute(insert_placeholder, (topic,))
         a, b = writers(), writers()
@@ -244,3 +251,200 @@ def test_a_transaction_aborted_midway_inserts_nothing_on_its_own(
     assert offset_rows(config, topic, 0) == [40]
     # a's first attempt found its transaction gone and started again (then skipped it all).
     assert first.count("begin") == 2
+
+
+class Statements:
+    """A ``StatementLog``: every statement one writer sends, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, sql: str) -> None:
+        self.sent.append(" ".join(sql.split()))
+
+    def transactions(self) -> list[list[str]]:
+        """The statements sent inside each transaction, BEGIN to COMMIT/ROLLBACK excluded."""
+        found: list[list[str]] = []
+        current: list[str] | None = None
+        for sql in self.sent:
+            if sql == "BEGIN":
+                current = []
+            elif sql in ("COMMIT", "ROLLBACK"):
+                assert current is not None, f"{sql} outside a transaction"
+                found.append(current)
+                current = None
+            elif current is not None:
+                current.append(sql)
+        assert current is None, "a transaction left open"
+        return found
+
+
+def updated_tables(statements: list[str]) -> set[str]:
+    """The tables the UPDATE statements among ``statements`` lock."""
+    return {m.group(1) for sql in statements if (m := re.match(r"UPDATE (\S+) ", sql))}
+
+
+def table_names(config: SnowflakeConfig, like: str) -> set[str]:
+    rows = select(config, "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES "
+                          "WHERE TABLE_NAME LIKE ?", (like,))
+    return {str(r[0]) for r in rows}
+
+
+def test_writers_of_different_partitions_lock_different_tables_and_both_commit(
+        config: SnowflakeConfig, writers: Callable[..., SnowflakeWriter]) -> None:
+    """Snowflake's UPDATE lock covers a whole table: had the partitions' fence UPDATEs the same
+    owners table, each partition's write transaction would wait for every other's (the
+    emulator locks rows, so it cannot show the wait: the test checks the tables). Both writers
+    hold their fence lock at once, then both commit, neither shut out."""
+    topic, timeline = new_topic(), list[str]()
+    steps = {p: Steps(f"w{p}", timeline, hold_at="owner_updated") for p in (0, 1)}
+    sent = {p: Statements() for p in (0, 1)}
+    made = {p: writers(steps[p], statements=sent[p]) for p in (0, 1)}
+    epochs = {p: made[p].take_ownership(topic, p, f"life-{p}", 0) for p in (0, 1)}
+    with ThreadPoolExecutor(2) as pool:
+        done = {p: pool.submit(made[p].write, make_batch(topic, p, 0, 30), epochs[p])
+                for p in (0, 1)}
+        for p in (0, 1):  # both hold their fence UPDATE's lock at the same time
+            assert steps[p].wait_until(lambda p=p: steps[p].count("owner_updated") == 1)
+        for p in (0, 1):
+            steps[p].release.set()
+        results = {p: done[p].result(WAIT_S) for p in (0, 1)}
+    for p in (0, 1):
+        assert results[p].rows_written == 30
+        assert steps[p].count("begin") == 1  # never shut out by the other partition
+        assert offsets_of(config, topic, p) == list(range(30))
+    writes = {p: sent[p].transactions()[-1] for p in (0, 1)}
+    locked = {p: updated_tables(writes[p]) for p in (0, 1)}
+    assert locked[0] == {owner_sql(config, topic, 0).owners_table}
+    assert locked[1] == {owner_sql(config, topic, 1).owners_table}
+    assert locked[0].isdisjoint(locked[1])
+    # The fence UPDATE is the write transaction's first statement.
+    assert all(writes[p][0].startswith(f"UPDATE {owner_sql(config, topic, p).owners_table} ")
+               for p in (0, 1))
+
+
+def test_a_partition_added_online_gets_its_owners_table_outside_any_transaction(
+        config: SnowflakeConfig, writers: Callable[..., SnowflakeWriter]) -> None:
+    """``ensure_tables`` creates the owners tables of the partitions known then; a partition
+    added later gets its table from its first take. The CREATE (DDL, which commits an open
+    transaction in Snowflake) runs on its own, never between a BEGIN and its end."""
+    topic = new_topic()
+    names = [owner_sql(config, topic, p).owners_table for p in range(3)]
+    starting = writers()
+    starting.ensure_tables(topic, 2)
+    assert table_names(config, f"{config.owners_table}_%") >= set(names[:2])
+    assert names[2] not in table_names(config, f"{config.owners_table}_%")
+
+    sent = Statements()
+    added = writers(statements=sent)
+    epoch = added.take_ownership(topic, 2, "life-2", added.owner_epoch(topic, 2) or 0)
+    assert added.write(make_batch(topic, 2, 0, 4), epoch).rows_written == 4
+    assert names[2] in table_names(config, f"{config.owners_table}_%")
+    assert owner_rows(config, topic, 2) == [(epoch, "life-2")]
+    ddl = [i for i, sql in enumerate(sent.sent) if sql.startswith(("CREATE", "ALTER"))]
+    assert ddl and all(names[2] in sent.sent[i] for i in ddl)
+    assert max(ddl) < sent.sent.index("BEGIN")  # before the first transaction
+    assert all(not sql.startswith(("CREATE", "ALTER", "DROP"))
+               for transaction in sent.transactions() for sql in transaction)
+
+
+# What the single owners table of earlier versions looked like, and their fence statement.
+LEGACY_OWNERS = """CREATE TABLE IF NOT EXISTS {table} (
+    TOPIC VARCHAR NOT NULL,
+    "PARTITION" NUMBER(10, 0) NOT NULL,
+    EPOCH NUMBER(38, 0) NOT NULL,
+    OWNER VARCHAR,
+    WRITE_TOKEN VARCHAR,
+    UPDATED_AT TIMESTAMP_TZ NOT NULL
+)"""
+LEGACY_FENCE = ("UPDATE {table} SET WRITE_TOKEN = ?, UPDATED_AT = CURRENT_TIMESTAMP() "
+                'WHERE TOPIC = ? AND "PARTITION" = ? AND EPOCH = ?')
+
+
+@pytest.fixture
+def legacy(config: SnowflakeConfig) -> Iterator[tuple[SnowflakeConfig, Any]]:
+    """A config whose owners table exists in the earlier versions' single-table form, and an
+    autocommit session on it standing for a sink of such a version."""
+    legacy_config = msgspec.structs.replace(
+        config, owners_table=f"FENCE_LEGACY_{uuid.uuid4().hex[:6].upper()}")
+    conn = snowflake.connector.connect(**legacy_config.connect_kwargs(), paramstyle="qmark",
+                                       autocommit=True)
+    try:
+        conn.cursor().execute(LEGACY_OWNERS.format(table=legacy_config.owners_table))
+        yield legacy_config, conn
+    finally:
+        conn.close()
+
+
+def legacy_owner(conn: Any, config: SnowflakeConfig, topic: str, epoch: int) -> None:
+    conn.cursor().execute(
+        f'INSERT INTO {config.owners_table} (TOPIC, "PARTITION", EPOCH, OWNER, UPDATED_AT) '
+        "SELECT ?, 0, ?, 'life-of-an-earlier-version', CURRENT_TIMESTAMP()", (topic, epoch))
+
+
+def legacy_fence(conn: Any, config: SnowflakeConfig, topic: str, epoch: int) -> int:
+    """An earlier version's first write statement: the owner rows it updated (0: fenced)."""
+    cursor = conn.cursor()
+    cursor.execute(LEGACY_FENCE.format(table=config.owners_table), ("t", topic, 0, epoch))
+    return int(cursor.rowcount)
+
+
+def test_a_partition_owned_in_the_single_owners_table_continues_from_its_epoch(
+        legacy: tuple[SnowflakeConfig, Any], writers: Callable[..., SnowflakeWriter]) -> None:
+    """The first take by this version continues from the epoch an earlier version left, and
+    moves it out of the single table: a life of that version still running matches no owner
+    row there at its next write, so it is fenced."""
+    config, conn = legacy
+    topic = new_topic()
+    legacy_owner(conn, config, topic, 7)
+    new = writers(cfg=config)
+    assert new.owner_epoch(topic, 0) == 7
+    assert new.take_ownership(topic, 0, "life-new", 7) == 8
+    assert owner_rows(config, topic) == [(8, "life-new")]
+    assert select(config, f"SELECT COUNT(*) FROM {config.owners_table} WHERE TOPIC = ?",
+                  (topic,)) == [(0,)]
+    assert legacy_fence(conn, config, topic, 7) == 0  # the earlier version's life: fenced
+    assert new.owner_epoch(topic, 0) == 8
+    assert new.write(make_batch(topic, 0, 0, 5), 8).rows_written == 5
+    # A take that saw no epoch (a life started beside the earlier version's) is refused.
+    blind_topic = new_topic()
+    legacy_owner(conn, config, blind_topic, 3)
+    with pytest.raises(FencedError, match="taken by epoch 3"):
+        new.take_ownership(blind_topic, 0, "life-blind", 0)
+
+
+def test_a_take_waits_for_an_earlier_versions_write_in_flight(
+        legacy: tuple[SnowflakeConfig, Any], writers: Callable[..., SnowflakeWriter]) -> None:
+    """An earlier version's sink is between its fence UPDATE (on the single owners table) and
+    its COMMIT when this version's first take of the partition arrives: the take waits for it
+    (the emulator refuses it until then: retried), so the batch in flight lands whole and the
+    new owner's offset read follows it. Without the take locking the single table's row, the
+    new owner would read offset 0 and write the batch a second time."""
+    config, conn = legacy
+    topic, timeline = new_topic(), list[str]()
+    legacy_owner(conn, config, topic, 3)
+    steps = Steps("new", timeline)
+    new = writers(steps, config)
+    old_write = owner_sql(config, topic, 0)  # an earlier version's INSERTs, its table in them
+    in_flight = conn.cursor()
+    in_flight.execute("BEGIN")
+    in_flight.execute(LEGACY_FENCE.format(table=config.owners_table), ("old", topic, 0, 3))
+    assert in_flight.rowcount == 1
+    batch = make_batch(topic, 0, 0, 10)
+    in_flight.execute(old_write.insert_rows.replace(old_write.owners_table, config.owners_table),
+                      (batch.rows_json.decode(), 0, topic, 0, "old"))
+    in_flight.execute(
+        old_write.insert_offset.replace(old_write.owners_table, config.owners_table),
+        (topic, 0, 10, topic, 0, "old"))
+    with ThreadPoolExecutor(1) as pool:
+        taken = pool.submit(new.take_ownership, topic, 0, "life-new", 3)
+        assert steps.wait_until(lambda: steps.count("owner_row") >= 2)  # shut out: retried
+        assert not taken.done()
+        in_flight.execute("COMMIT")
+        epoch = taken.result(WAIT_S)
+    assert epoch == 4
+    assert new.committed_offset(topic, 0) == 10
+    result = new.write(make_batch(topic, 0, 0, 20), epoch)
+    assert (result.rows_written, result.committed_offset) == (10, 20)
+    assert offsets_of(config, topic) == list(range(20))
+    assert legacy_fence(conn, config, topic, 3) == 0
