@@ -167,6 +167,13 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Every N successful writes of a partition, delete its offset rows below the offset just
     # committed (the offsets table is append-only: one row per batch); 0 never prunes.
     prune_offsets_every: Annotated[int, msgspec.Meta(ge=0)] = 100
+    # The sink session's LOCK_TIMEOUT: a statement waiting longer for a lock (a partition's
+    # owner row held by a transaction a killed sink left open) fails and the write is retried,
+    # each attempt logged, instead of waiting silently up to Snowflake's default 12 hours.
+    # 0 leaves the account's value (docs/guarantees.md, "A sink killed mid-transaction").
+    lock_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 120
+    # The sink session's STATEMENT_TIMEOUT_IN_SECONDS; 0 leaves the account's or warehouse's.
+    statement_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

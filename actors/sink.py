@@ -110,6 +110,10 @@ _SESSION_ERRNOS: Final = frozenset({390111, 390112, 390114})
 # statements wait for it; the emulator: at once, for DuckDB's write conflict). Retrying the
 # transaction later waits for that holder to commit, roll back, or be aborted.
 _LOCK_ERRNOS: Final = frozenset({625})
+# SQLSTATE of a statement Snowflake cancelled: 000625 above, the statement timeout (000630),
+# and a lock wait past the session's LOCK_TIMEOUT (its code is not in the reference; the
+# class is the same). The transaction is rolled back and retried from BEGIN.
+_CANCELLED_SQLSTATE: Final = "57014"
 # 002003: the object does not exist (or the role may not see it).
 _NO_SUCH_OBJECT: Final = 2003
 _MAX_BACKOFF_S: Final = 10.0
@@ -125,8 +129,28 @@ def is_transient(exc: BaseException) -> bool:
     """Whether reconnecting and retrying the transaction may succeed after ``exc``."""
     if isinstance(exc, _TRANSIENT):
         return True
-    return isinstance(exc, sf_errors.Error) and exc.errno in _SESSION_ERRNOS | _LOCK_ERRNOS
+    return isinstance(exc, sf_errors.Error) and (
+        exc.errno in _SESSION_ERRNOS | _LOCK_ERRNOS or exc.sqlstate == _CANCELLED_SQLSTATE)
 
+
+def session_parameters(sink: SinkConfig) -> dict[str, Any]:
+    """The sink's own Snowflake session parameters (docs/guarantees.md, a sink killed
+    mid-transaction): a bounded lock wait, an optional statement timeout, and in-progress
+    statements aborted when the client is gone."""
+    params: dict[str, Any] = {"ABORT_DETACHED_QUERY": True}
+    if sink.lock_timeout_s > 0:
+        params["LOCK_TIMEOUT"] = sink.lock_timeout_s
+    if sink.statement_timeout_s > 0:
+        params["STATEMENT_TIMEOUT_IN_SECONDS"] = sink.statement_timeout_s
+    return params
+
+
+def sink_connect_kwargs(config: SnowflakeConfig, sink: SinkConfig) -> dict[str, Any]:
+    """``config.connect_kwargs()`` with the sink's session parameters added."""
+    kwargs = config.connect_kwargs()
+    kwargs["session_parameters"] = {**kwargs.get("session_parameters", {}),
+                                    **session_parameters(sink)}
+    return kwargs
 
 
 class SnowflakeWriter:
@@ -291,8 +315,8 @@ class SnowflakeWriter:
         if self._conn is None:
             set_request_compression(self._sink.request_compression_level)
             self._conn = snowflake.connector.connect(
-                **self._config.connect_kwargs(), paramstyle="qmark", autocommit=True,
-                network_timeout=_NETWORK_TIMEOUT_S,
+                **sink_connect_kwargs(self._config, self._sink), paramstyle="qmark",
+                autocommit=True, network_timeout=_NETWORK_TIMEOUT_S,
             )
             logger.info("connected to Snowflake database=%s schema=%s",
                         self._config.database, self._config.schema)
