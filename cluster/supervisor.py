@@ -8,8 +8,10 @@
 * creates one ``PartitionConsumer`` per partition (``consumer:<topic>:<p>``, detached,
   restartable, spread over the nodes);
 * reconciles every ``reconcile_interval_s``: an actor that is dead for good (restarts exhausted,
-  or killed for good) has lost its name and is re-created; partitions added to the topic get
-  consumers (their owners tables come with their first take); the DLQ grows with the source.
+  or killed for good) has lost its name and is re-created; a consumer that stopped because
+  another life took its partition (status ``fenced``) is killed and re-created, its new life
+  taking the partition back; partitions added to the topic get consumers (their owners tables
+  come with their first take); the DLQ grows with the source.
 
 Ray itself restarts a crashed actor (also on another node when its node was removed); the
 supervisor covers what Ray gives up on. Everything the supervisor knows is found again by name,
@@ -335,6 +337,7 @@ class Supervisor:
         sinks = [self._ensure_sink(i) for i in range(cfg.sink.pool_size)]
         if not self._tables_ready:
             self._ensure_tables(sinks[0], partitions)
+        self._replace_fenced(partitions)
         for p in range(partitions):
             if self._stop.is_set():  # a shutdown waits for this round: create nothing more
                 return
@@ -370,6 +373,31 @@ class Supervisor:
             raise
         self._tables_call = None
         self._tables_ready = True
+
+    def _replace_fenced(self, partitions: int) -> None:
+        """Kill every consumer whose status says ``fenced``; the loop after this re-creates it
+        (once Ray has released its name: this round or the next) and the new life takes a new
+        epoch, fencing whichever life took the partition from it.
+
+        A fenced consumer has stopped for good, so that it never fences the new owner back.
+        When that new owner is a zombie (two lives took the partition at the same moment and
+        the one Ray no longer counts won) and dies, nothing writes the partition: this is what
+        unblocks it. Asking costs one status call per consumer and round, ``_STATUS_TIMEOUT_S``
+        at most."""
+        import ray
+
+        cfg = self._config
+        names = [consumer_name(cfg.topics.events, p) for p in range(partitions)]
+        for p, (answer, _) in enumerate(self._ask_all(names, "status")):
+            status = _as(answer, ConsumerStatus)
+            if status is None or not status.fenced:
+                continue
+            handle = _find(names[p], cfg.namespace)
+            if handle is None:
+                continue
+            log.warning("replacing fenced consumer name=%s partition=%d epoch=%s: %s",
+                        names[p], p, status.epoch, status.last_error)
+            ray.kill(handle, no_restart=True)
 
     def _ensure_sink(self, index: int) -> Any:
         from actors.sink import SnowflakeSinkActor
