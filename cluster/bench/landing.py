@@ -1,12 +1,16 @@
 """Where a run's events ended up: rows in the warehouse and records in the dead-letter topic.
 
-Used by ``eventray run`` and the pipeline benchmark to count what landed against what the
-gateway acknowledged, by run id (every event id of a run starts with it).
+Used by ``eventray run``, ``eventray chaos`` and the pipeline benchmark to count what landed
+against what the gateway acknowledged, by run id (every event id of a run starts with it).
+Dead-letter partitions added while the probe runs are read from their start; a warehouse
+session lost to a restarted server is opened again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +21,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from actors.config import PipelineConfig
 from actors.exceptions import KafkaDeliveryError
+
+# An open transaction holds read_committed readers back; a dead letter's lasts milliseconds.
+_DRAIN_TIMEOUT_S = 60.0
 
 
 class _Ids(msgspec.Struct):
@@ -62,6 +69,8 @@ class LandingProbe:
                 TopicPartition(config.topics.dead_letter, p), timeout=10)
             assignment.append(TopicPartition(config.topics.dead_letter, p, high))
         self._consumer.assign(assignment)
+        # partition -> the offset it was assigned at (where its reading starts)
+        self._starts = {tp.partition: tp.offset for tp in assignment}
         self._connection = snowflake.connector.connect(**config.snowflake.connect_kwargs())
 
     def landed(self, *, with_latency: bool = False) -> Landed:
@@ -80,11 +89,40 @@ class LandingProbe:
         self._consumer.close()
         self._connection.close()
 
+    def _assign_new_partitions(self) -> None:
+        """Partitions the dead-letter topic gained since the probe started hold only records
+        written after its start: read them from their beginning."""
+        topic = self._config.topics.dead_letter
+        metadata = self._consumer.list_topics(topic, timeout=10)
+        new = sorted(set(metadata.topics[topic].partitions) - set(self._starts))
+        if new:
+            starts = [TopicPartition(topic, p, self._consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=10)[0]) for p in new]
+            self._consumer.incremental_assign(starts)
+            self._starts.update({tp.partition: tp.offset for tp in starts})
+
+    def _read_to_end(self, ends: dict[int, int]) -> bool:
+        """Every assigned partition's position has reached ``ends`` (read_committed positions
+        move past transaction markers too)."""
+        topic = self._config.topics.dead_letter
+        positions = self._consumer.position([TopicPartition(topic, p) for p in ends])
+        # Before its first fetch a partition has no position (< 0): it is where it started.
+        return all((tp.offset if tp.offset >= 0 else self._starts[tp.partition])
+                   >= ends[tp.partition] for tp in positions)
+
     def _drain_dead_letters(self) -> None:
-        while True:
+        """Read the dead-letter topic to where it ends now: an empty poll alone does not
+        prove that (a partition just assigned may not have fetched yet)."""
+        self._assign_new_partitions()
+        topic = self._config.topics.dead_letter
+        ends = {p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in self._starts}
+        deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+        while not self._read_to_end(ends):
+            if time.monotonic() > deadline:
+                raise KafkaDeliveryError(f"the dead-letter topic {topic} was not read to its "
+                                         f"end ({ends}) within {_DRAIN_TIMEOUT_S:g}s")
             messages = self._consumer.consume(num_messages=10_000, timeout=0.5)
-            if not messages:
-                return
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -101,6 +139,19 @@ class LandingProbe:
                     self._dlq_keys.add((ids.account_id, ids.event_id))
 
     def _query_rows(
+        self, *, with_keys: bool
+    ) -> tuple[int, set[tuple[str, str]], list[float], float]:
+        try:
+            return self._query_rows_once(with_keys=with_keys)
+        except snowflake.connector.errors.Error:
+            # The server may have restarted and forgotten the session: once more, anew.
+            with contextlib.suppress(snowflake.connector.errors.Error):
+                self._connection.close()
+            self._connection = snowflake.connector.connect(
+                **self._config.snowflake.connect_kwargs())
+            return self._query_rows_once(with_keys=with_keys)
+
+    def _query_rows_once(
         self, *, with_keys: bool
     ) -> tuple[int, set[tuple[str, str]], list[float], float]:
         sf = self._config.snowflake
