@@ -176,3 +176,25 @@ def committed_group_offsets(conn: KafkaConnection, group_id: str, topic: str) ->
     finally:
         consumer.close()
     return {tp.partition: int(tp.offset) for tp in committed if tp.offset >= 0}
+
+
+def grow_topic(conn: KafkaConnection, topic: str, partitions: int) -> int:
+    """Grow ``topic`` to ``partitions`` partitions online (Kafka never shrinks a topic); returns
+    the count before. Records of an existing key may hash to another partition afterwards."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.cimpl import NewPartitions
+
+    before = partition_count(conn, topic)
+    if partitions <= before:
+        raise KafkaDeliveryError(f"topic {topic} has {before} partitions; cannot grow it to "
+                                 f"{partitions}")
+    admin = _admin(conn)  # referenced until the futures resolve: a collected client fails them
+    futures = admin.create_partitions([NewPartitions(topic, partitions)],
+                                      operation_timeout=_TIMEOUT_S)
+    for future in futures.values():
+        try:
+            future.result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _error(f"growing topic {topic} to {partitions} partitions failed", exc) from exc
+    log.info("grew topic=%s partitions=%d->%d", topic, before, partitions)
+    return before

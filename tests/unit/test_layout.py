@@ -1,6 +1,7 @@
 """Imports run one way: ``cluster/`` -> ``gateway/`` -> ``actors/``, and what runs on a Ray
 cluster never depends on the laptop tooling (``cluster.local``, ``cluster.cli``,
-``cluster.bench``). Read from the source with ``ast``, so lazy imports inside functions count."""
+``cluster.bench``, ``cluster.chaos``). Read from the source with ``ast``, so lazy imports inside
+functions count."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAPTOP_WINGS = ("cluster.local", "cluster.cli", "cluster.bench")
+LAPTOP_WINGS = ("cluster.local", "cluster.cli", "cluster.bench", "cluster.chaos")
 
 
 def imported_modules(path: Path) -> set[str]:
