@@ -12,14 +12,23 @@ Which keys: those accepted at or after ``window_since(first record to plan)``, t
 ``plan_batch`` evicts to, so no key a replayed record could match is missing, however long the
 consumer was down. Dead letters at or past the committed offset are left out: the batches that
 made them are planned again, and ``plan_batch`` adds their keys in offset order as it skips them.
+
+At a consumer's start the keys come as two streams, each already in the window's order: the
+warehouse's rows in pages ordered by offset (``actors.window_keys``) and the dead-letter tail,
+whose source offsets only grow (the dead-letter producer skips what its watermark covers).
+``stream_window`` merges them as they arrive, so a rebuild holds the window and one page, never
+every key read (up to ``dedup_max_keys`` rows and a day of dead letters) in a list beside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from itertools import chain
+import heapq
+import logging
+from collections.abc import Iterable, Iterator
 
 from actors.retry_window import DISORDER_SLACK_MS, REPLAY_NAMESPACE, DecidedKey, DedupWindow
+
+log = logging.getLogger(__name__)
 
 
 def window_since(first_accepted_ms: int, window_s: float) -> int:
@@ -33,13 +42,27 @@ def rebuild_window(window_s: float, max_keys: int | None, *, since_ms: int,
                    dead: Iterable[DecidedKey]) -> DedupWindow:
     """The window the consumer had at offset ``committed``: the keys of the ``table``'s rows
     and of the ``dead`` letters below it accepted at or after ``since_ms``, added in offset
-    order (a replay key before its record's event key, as ``plan_batch`` adds them)."""
+    order (a replay key before its record's event key, as ``plan_batch`` adds them). Either
+    may come in any order; ``stream_window`` takes them already in order, without a list."""
+    return stream_window(window_s, max_keys, since_ms=since_ms, committed=committed,
+                         table=sorted(table, key=window_order),
+                         dead=sorted(dead, key=window_order))
+
+
+def stream_window(window_s: float, max_keys: int | None, *, since_ms: int,
+                  committed: int | None, table: Iterable[DecidedKey],
+                  dead: Iterable[DecidedKey]) -> DedupWindow:
+    """``rebuild_window`` from two streams each in ``window_order`` (the table's rows by
+    offset, the dead-letter tail as read), merged as they come: memory holds the window and
+    what each stream buffers, never all the keys read. Equal keys keep the table's first, as a
+    stable sort of both would."""
     floor = committed if committed is not None else 0  # never written: all planned again
-    keys = [k for k in chain(table, (d for d in dead if d.offset < floor))
-            if k.accepted_at_ms >= since_ms]
-    keys.sort(key=_window_order)
     window = DedupWindow(window_s, max_keys)
-    for decided in keys:
+    rows = _in_order(table, "rows")
+    below = (d for d in _in_order(dead, "dead letters") if d.offset < floor)
+    for decided in heapq.merge(rows, below, key=window_order):
+        if decided.accepted_at_ms < since_ms:
+            continue
         if decided.written:
             window.mark_written(decided.key, decided.accepted_at_ms)
         else:
@@ -47,5 +70,22 @@ def rebuild_window(window_s: float, max_keys: int | None, *, since_ms: int,
     return window
 
 
-def _window_order(decided: DecidedKey) -> tuple[int, bool]:
+def window_order(decided: DecidedKey) -> tuple[int, bool]:
+    """The order keys enter the window in: by offset, a replay key before its event key."""
     return decided.offset, decided.key[0] != REPLAY_NAMESPACE
+
+
+def _in_order(keys: Iterable[DecidedKey], what: str) -> Iterator[DecidedKey]:
+    """``keys``, with a warning should they go back in ``window_order`` (a merge takes each
+    stream as sorted: a key out of order enters the window later than a sort would put it)."""
+    last: tuple[int, bool] | None = None
+    warned = False
+    for decided in keys:
+        order = window_order(decided)
+        if last is not None and order < last and not warned:
+            warned = True
+            log.warning("retry window keys out of order source=%s offset=%d after=%d: the "
+                        "rebuilt window may keep another of two equal keys than the live one",
+                        what, decided.offset, last[0])
+        last = order
+        yield decided
