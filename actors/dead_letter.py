@@ -12,13 +12,20 @@ partition p (``read_committed``) back to the committed offset and returns the so
 already dead-lettered there: those are not produced again, and a record in that range that is NOT
 among them was valid the first time (a batch dead-letters all its invalid records at once), so
 the consumer keeps the first verdict even if a time-based rule would now decide otherwise.
+
+Both recovery reads (``read_recovered`` back to the committed offset, ``read_recent_keys`` over
+the retry window's day of dead letters) stream the partition: a record is handed on as it is
+read, never kept in a list, and a read fails only when it stops making progress (nothing read
+and the end not reached for ``stall_s``), not after a fixed time, however long the tail. A
+long read logs its progress; ``read_recent_keys`` resumes after its last record when the broker
+connection fails midway.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -42,7 +49,14 @@ Headers = list[tuple[str, bytes]]
 RecordHeaders = tuple[tuple[str, bytes], ...]
 
 _RECOVERY_SPAN: Final = 1024  # DLQ records read back first; multiplied while not far enough
-_RECOVERY_TIMEOUT_S: Final = 60.0
+# A recovery read that gets neither a record nor the partition's end for this long has
+# stalled (ConsumerConfig.recovery_stall_s for the consumer's own reads).
+RECOVERY_STALL_S: Final = 30.0
+# Times a stalled or failed tail read resumes after its last record before it gives up.
+_RECOVERY_ATTEMPTS: Final = 5
+_PROGRESS_LOG_S: Final = 10.0
+# librdkafka prefetches up to 64 MB per partition by default; a recovery reader keeps less.
+_RECOVERY_QUEUE_KB: Final = 8192
 _KAFKA_TIMEOUT_S: Final = 30.0
 # librdkafka's _FENCED (-144) and the broker's PRODUCER_FENCED (90), INVALID_PRODUCER_EPOCH
 # (47): a producer with our transactional.id was initialised after ours.
@@ -74,6 +88,9 @@ class Recovered(msgspec.Struct, frozen=True):
 
 
 NOTHING_RECOVERED: Final = Recovered(watermark=-1, offsets=frozenset())
+
+RecordsRead = Callable[[int], None]
+"""Called with the number of records a tail read has read so far (a consumer's status)."""
 
 
 def transactional_id(source_topic: str, partition: int) -> str:
@@ -219,7 +236,8 @@ def recovered_from(source_offsets: Sequence[int], floor: int) -> Recovered:
 def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
                    floor: int) -> Recovered:
     """Read DLQ partition ``partition`` back from its end until a source offset below ``floor``
-    (or the start of the log) and return what was dead-lettered (see ``Recovered``)."""
+    (or the start of the log) and return what was dead-lettered (see ``Recovered``); only the
+    offsets at or after ``floor`` are kept, whatever it reads."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(_recovery_consumer_config(conn, dlq_topic))
@@ -231,9 +249,9 @@ def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
         span = _RECOVERY_SPAN
         while True:
             start = max(low, high - span)
-            seen = _read_source_offsets(consumer, dlq_topic, partition, start)
-            if start == low or (seen and min(seen) < floor):
-                return recovered_from(seen, floor)
+            recovered, lowest = _recovered_since(consumer, dlq_topic, partition, start, floor)
+            if start == low or (lowest is not None and lowest < floor):
+                return recovered
             # Only aborted records/markers, or all at/after the floor: look further back.
             span *= 4
     except KafkaException as exc:
@@ -242,25 +260,46 @@ def read_recovered(conn: KafkaConnection, dlq_topic: str, partition: int,
         consumer.close()
 
 
-def _read_source_offsets(consumer: Any, topic: str, partition: int, start: int) -> list[int]:
-    """Source offsets of the committed dead letters from ``start`` to the partition's end."""
-    seen: list[int] = []
+def _recovered_since(consumer: Any, topic: str, partition: int, start: int,
+                     floor: int) -> tuple[Recovered, int | None]:
+    """``recovered_from`` the committed dead letters from ``start`` to the partition's end, and
+    the lowest source offset among them (None: none), counted as they are read."""
+    watermark, lowest = -1, None
+    offsets: set[int] = set()
     for msg in _read_to_end(consumer, topic, partition, start):
         offset = source_offset_of(msg.headers())
-        if offset is not None:
-            seen.append(offset)
-    return seen
+        if offset is None:
+            continue
+        watermark = max(watermark, offset)
+        lowest = offset if lowest is None else min(lowest, offset)
+        if offset >= floor:
+            offsets.add(offset)
+    return Recovered(watermark=watermark, offsets=frozenset(offsets)), lowest
 
 
-def _read_to_end(consumer: Any, topic: str, partition: int, start: int) -> Iterator[Any]:
-    """The committed records of ``topic``/``partition`` from ``start`` to its end."""
+def _read_to_end(consumer: Any, topic: str, partition: int, start: int, *,
+                 stall_s: float = RECOVERY_STALL_S) -> Iterator[Any]:
+    """The committed records of ``topic``/``partition`` from ``start`` to its end, as they are
+    read. ``KafkaDeliveryError`` (retriable) when nothing is read and the end not reached for
+    ``stall_s`` (time the caller spends between records does not count); none for a long tail
+    that keeps coming."""
     from confluent_kafka import KafkaError, TopicPartition
 
     consumer.assign([TopicPartition(topic, partition, start)])
-    deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
+    idle = 0.0  # seconds spent waiting on the broker since the last record
     try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+        while True:
+            asked = time.monotonic()
+            msgs = consumer.consume(num_messages=1000, timeout=0.5)
+            if not msgs:
+                idle += time.monotonic() - asked
+                if idle > stall_s:
+                    raise KafkaDeliveryError(
+                        f"reading {topic}/{partition} made no progress for {stall_s:g}s "
+                        f"(from offset {start})", retriable=True)
+                continue
+            idle = 0.0
+            for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -268,10 +307,45 @@ def _read_to_end(consumer: Any, topic: str, partition: int, start: int) -> Itera
                     raise KafkaDeliveryError(f"reading {topic}/{partition}: {err.str()}",
                                              code=err.code(), retriable=err.retriable())
                 yield msg
-        raise KafkaDeliveryError(
-            f"reading {topic}/{partition} did not reach the end in {_RECOVERY_TIMEOUT_S:g}s")
     finally:
         consumer.unassign()
+
+
+def _read_resuming(consumer: Any, topic: str, partition: int, start: int, *, stall_s: float,
+                   progress: RecordsRead | None) -> Iterator[Any]:
+    """``_read_to_end``, resumed after the last record read when it fails retriably (a stall,
+    a lost broker connection), up to ``_RECOVERY_ATTEMPTS`` times in a row; logs its progress
+    every ``_PROGRESS_LOG_S``."""
+    next_offset = start
+    read = failures = 0
+    started = logged = time.monotonic()
+    while True:
+        try:
+            for msg in _read_to_end(consumer, topic, partition, next_offset, stall_s=stall_s):
+                next_offset = msg.offset() + 1
+                read += 1
+                failures = 0
+                if read % 1000 == 0:
+                    if progress is not None:
+                        progress(read)
+                    if time.monotonic() - logged >= _PROGRESS_LOG_S:
+                        logged = time.monotonic()
+                        log.info("reading dead-letter tail topic=%s partition=%d read=%d "
+                                 "offset=%d elapsed_s=%.0f", topic, partition, read,
+                                 next_offset, logged - started)
+                yield msg
+        except KafkaDeliveryError as exc:
+            failures += 1
+            if not exc.retriable or failures >= _RECOVERY_ATTEMPTS:
+                raise
+            log.warning("dead-letter tail read failed, resuming topic=%s partition=%d "
+                        "offset=%d read=%d attempt=%d: %s", topic, partition, next_offset,
+                        read, failures, exc)
+            time.sleep(min(0.5 * 2 ** failures, 10.0))
+            continue
+        if progress is not None:
+            progress(read)
+        return
 
 
 class _EventKey(msgspec.Struct):
@@ -304,11 +378,16 @@ def replay_of_header(headers: Sequence[tuple[str, bytes | None]] | None) -> str 
 
 
 def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
-                     since_ms: int) -> list[DecidedKey]:
+                     since_ms: int, *, stall_s: float = RECOVERY_STALL_S,
+                     progress: RecordsRead | None = None) -> Generator[DecidedKey, None, None]:
     """Event keys dead-lettered on ``partition`` since ``since_ms`` (epoch ms, dead-letter
     time, which is never before the accept time), not ``written``, and the replay key
     (``replay_key``) of each dead letter that was a replay failing again; each with its
-    source offset and accept time (``decided_keys``).
+    source offset and accept time (``decided_keys``), in the order they were dead-lettered.
+
+    A generator: the tail is read as the caller takes keys (the consumer streams them into its
+    window), in bounded memory, without a deadline for the whole tail (``_read_to_end``);
+    ``progress`` is told how many records were read.
 
     With the warehouse's recent keys they rebuild the consumer's dedup window
     (``actors.window_rebuild``), so a client's retry of an invalid event is not dead-lettered
@@ -321,21 +400,19 @@ def read_recent_keys(conn: KafkaConnection, dlq_topic: str, partition: int,
         low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, partition),
                                                    timeout=_KAFKA_TIMEOUT_S)
         if high <= low:
-            return []
+            return
         found = consumer.offsets_for_times([TopicPartition(dlq_topic, partition, since_ms)],
                                            timeout=_KAFKA_TIMEOUT_S)
         start = found[0].offset
         if start < 0:  # no record at or after since_ms
-            return []
-        records = list(_read_to_end(consumer, dlq_topic, partition, max(start, low)))
+            return
+        for msg in _read_resuming(consumer, dlq_topic, partition, max(start, low),
+                                  stall_s=stall_s, progress=progress):
+            yield from decided_keys(msg.value(), msg.headers(), msg.timestamp()[1])
     except KafkaException as exc:
         raise _kafka_error(f"reading dead-letter partition {partition} failed", exc) from exc
     finally:
         consumer.close()
-    keys: list[DecidedKey] = []
-    for msg in records:
-        keys.extend(decided_keys(msg.value(), msg.headers(), msg.timestamp()[1]))
-    return keys
 
 
 def decided_keys(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
@@ -383,5 +460,6 @@ def _recovery_consumer_config(conn: KafkaConnection, dlq_topic: str) -> dict[str
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
+        "queued.max.messages.kbytes": _RECOVERY_QUEUE_KB,
     })
     return conf

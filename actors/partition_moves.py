@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -104,7 +104,7 @@ class MovesIO(Protocol):
     def marks(self) -> list[PartitionMark]: ...
     def record_mark(self, partitions: int, mark: int) -> None: ...
     def committed(self, partition: int) -> int | None: ...
-    def dead_keys(self, partition: int, since_ms: int) -> list[DecidedKey]: ...
+    def dead_keys(self, partition: int, since_ms: int) -> Iterable[DecidedKey]: ...
     def written_elsewhere(self, keys: list[DedupKey], since_ms: int) -> list[DecidedKey]: ...
 
 
@@ -157,7 +157,7 @@ class SinkMovesIO:
             lambda s: s.committed_offset.remote(topic, partition))
         return committed
 
-    def dead_keys(self, partition: int, since_ms: int) -> list[DecidedKey]:
+    def dead_keys(self, partition: int, since_ms: int) -> Iterable[DecidedKey]:
         return read_recent_keys(self._kafka, self._dead_letter_topic, partition, since_ms)
 
     def written_elsewhere(self, keys: list[DedupKey], since_ms: int) -> list[DecidedKey]:
