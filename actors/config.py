@@ -144,6 +144,13 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Size it to the partition's event rate times dedup_window_s; past it the oldest keys are
     # forgotten early, counted in eventray_dedup_evicted_early and logged.
     dedup_max_keys: PositiveInt = 2_000_000
+    # At a (re)start the window's rows are read on the consumer's own warehouse session, this
+    # many per page (memory holds one page: ~250 bytes a row, beside the window itself).
+    window_page_rows: PositiveInt = 50_000
+    # A recovery read of the dead-letter topic fails once it has read nothing and not reached
+    # the partition's end for this long (then resumes after its last record, up to 5 times);
+    # a long tail that keeps coming is read to its end, however long it takes.
+    recovery_stall_s: PositiveFloat = 30.0
     # Logical CPUs a consumer actor reserves; small so many fit on a 2-core node.
     num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     max_restarts: int = -1

@@ -47,14 +47,15 @@ from actors.batch_plan import BatchPlan, plan_batch
 from actors.batching import Accumulator
 from actors.config import PipelineConfig
 from actors.contract import EventCodec
-from actors.dead_letter import DeadLetter, DeadLetterProducer, Recovered, read_recent_keys
+from actors.dead_letter import DeadLetter, DeadLetterProducer, Recovered
 from actors.exceptions import FencedError, KafkaDeliveryError, OffsetGapError, SinkError
 from actors.partition_moves import MoveGuard, SinkMovesIO
 from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
+from actors.recovery import RecoveryProgress, RecoveryStatus, rebuild_at_start
 from actors.retry_window import DedupWindow
 from actors.rows import FlushResult, SinkBatch
-from actors.window_rebuild import rebuild_window, window_since
+from actors.window_rebuild import window_since
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class ConsumerStatus(msgspec.Struct, frozen=True):
     last_error: str | None
     epoch: int | None = None      # this life's owner epoch (None before it took one)
     fenced: bool = False          # a newer owner took the partition: stopped for good
+    recovery: RecoveryStatus | None = None  # the window rebuild of the latest session
 
 
 class _InFlight:
@@ -144,6 +146,7 @@ class PartitionConsumer:
         self._seen_epoch: int | None = None  # the partition's epoch before this life took it
         self._epoch: int | None = None
         self._fenced = False
+        self._recovery: RecoveryProgress | None = None  # the latest session's window rebuild
         self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
                                         daemon=True)
         self._offset_read = threading.Event()
@@ -176,6 +179,7 @@ class PartitionConsumer:
                 dead_lettered=self._dead_lettered, rows_per_s=self._rows.rate(time.monotonic()),
                 sessions=self._sessions, last_error=self._last_error, epoch=self._epoch,
                 fenced=self._fenced,
+                recovery=None if self._recovery is None else self._recovery.snapshot(),
             )
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -389,20 +393,14 @@ class PartitionConsumer:
         """The retry window as the consumer life before this one left it at ``committed``
         (``actors.window_rebuild``), for a first batch starting with a record accepted at
         ``first_accepted_ms``. Called after the dead-letter producer fenced its predecessor,
-        so the dead-letter tail read here is final."""
-        cfg = self._config
-        topic, partition = self._topic, self._partition
-        window_s, max_keys = cfg.consumer.dedup_window_s, cfg.consumer.dedup_max_keys
-        since_ms = window_since(first_accepted_ms, window_s)
-        table = self._call_sink(
-            lambda s: s.recent_keys.remote(topic, partition, since_ms, max_keys))
-        dead = read_recent_keys(cfg.kafka, cfg.topics.dead_letter, partition, since_ms)
-        window = rebuild_window(window_s, max_keys, since_ms=since_ms, committed=committed,
-                                table=table, dead=dead)
-        log.info("retry window rebuilt name=%s committed=%s since_ms=%d keys=%d "
-                 "from_table=%d from_dead_letters=%d", self._name, committed, since_ms,
-                 len(window), len(table), len(dead))
-        return window
+        so the dead-letter tail read here is final. Read by this actor itself, streamed
+        (``actors.recovery``): the sink goes on writing for the other partitions it serves."""
+        progress = RecoveryProgress()
+        with self._lock:
+            self._recovery = progress
+        since_ms = window_since(first_accepted_ms, self._config.consumer.dedup_window_s)
+        return rebuild_at_start(self._config, self._partition, since_ms=since_ms,
+                                committed=committed, progress=progress)
 
     def _note_window_full(self, window: DedupWindow) -> None:
         """Report keys the dedup window forgot early (its ``max_keys`` is too small for the

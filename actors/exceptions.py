@@ -56,3 +56,7 @@ class FencedError(SinkError):
 class TransactionAbortedError(SinkError):
     """The warehouse aborted a write transaction midway; none of it committed, so retrying
     the whole transaction is safe."""
+
+
+class WarehouseReadError(EventrayError):
+    """A read from the warehouse failed, also when run again on a new session."""

@@ -340,6 +340,43 @@ def moves_sql(config: SnowflakeConfig) -> MovesSql:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WindowSql:
+    """What a consumer reads at its (re)start to rebuild its retry window
+    (``actors.window_keys``): the partition's rows accepted since a time (WRITTEN_AT for rows
+    without an accept time), at most a bound of the newest, in pages by offset. A page starts
+    at an offset, not at a row count, so each is a range a real warehouse prunes to and a
+    reader resumes at after a lost connection."""
+
+    # (topic, partition, since_ms, limit) -> MIN(KAFKA_OFFSET) of the ``limit`` newest such
+    # rows by offset; NULL when there is none
+    first_offset: str
+    # (topic, partition, since_ms, from_offset, page_rows) -> (REPLAY_OF, ACCOUNT_ID, EVENT_ID,
+    # KAFKA_OFFSET, accept time in epoch ms) of the first ``page_rows`` such rows at/after
+    # from_offset, by offset
+    page: str
+
+
+def window_sql(config: SnowflakeConfig) -> WindowSql:
+    """The statements for ``config``'s events table."""
+    events = _identifier("snowflake.events_table", config.events_table)
+    recent = ("KAFKA_TOPIC = ? AND KAFKA_PARTITION = ? "
+              "AND COALESCE(ACCEPTED_AT, WRITTEN_AT) >= TO_TIMESTAMP_TZ(?, 3)")
+    return WindowSql(
+        first_offset=(
+            f"SELECT MIN(KAFKA_OFFSET) FROM (SELECT KAFKA_OFFSET FROM {events} WHERE {recent} "
+            "ORDER BY KAFKA_OFFSET DESC LIMIT ?)"
+        ),
+        # Epoch ms computed by the warehouse (a fetched TIMESTAMP_TZ costs a datetime per row),
+        # rounded down like epoch_ms (the emulator rounds EPOCH_MILLISECOND to the nearest).
+        page=(
+            "SELECT REPLAY_OF, ACCOUNT_ID, EVENT_ID, KAFKA_OFFSET, "
+            "FLOOR(DATE_PART(EPOCH_MICROSECOND, COALESCE(ACCEPTED_AT, WRITTEN_AT)) / 1000) "
+            f"FROM {events} WHERE {recent} AND KAFKA_OFFSET >= ? ORDER BY KAFKA_OFFSET LIMIT ?"
+        ),
+    )
+
+
 def epoch_ms(value: datetime) -> int:
     """A TIMESTAMP_TZ as fetched (an aware datetime) in epoch milliseconds, exactly."""
     return (value - _EPOCH) // _MILLISECOND

@@ -1,0 +1,108 @@
+"""A consumer life's recovery at its first batch: the retry window rebuilt as it stood at the
+committed offset (``actors.window_rebuild``), from two streams read by the consumer itself.
+
+* the partition's rows, up to ``dedup_max_keys`` of them, in pages on a warehouse session of
+  the consumer's own (``actors.window_keys``): the sink, whose one thread writes for other
+  partitions too, takes no part, so their writes go on meanwhile;
+* the dead-letter tail of the window (a day by default), read as it is merged
+  (``actors.dead_letter.read_recent_keys``), without a deadline for the whole tail: it fails
+  only when it stops making progress.
+
+Memory holds the window (bounded by ``dedup_max_keys``), one page of rows and the Kafka
+consumer's bounded prefetch; never every key read. ``RecoveryProgress`` counts what was read
+for the consumer's ``status`` while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+import time
+from contextlib import closing
+
+import msgspec
+
+from actors.config import PipelineConfig
+from actors.dead_letter import read_recent_keys
+from actors.retry_window import DedupWindow
+from actors.window_keys import TableKeys
+from actors.window_rebuild import stream_window
+
+log = logging.getLogger(__name__)
+
+
+class RecoveryStatus(msgspec.Struct, frozen=True):
+    """A consumer's window rebuild, as its ``status`` shows it."""
+
+    rows_read: int          # warehouse rows read so far
+    dead_letters_read: int  # dead-letter records read so far
+    started_at_ms: int      # epoch ms
+    seconds: float          # so far, or in all once finished
+    finished: bool
+    window_keys: int | None = None     # keys the rebuilt window holds; None while rebuilding
+    peak_rss_bytes: int | None = None  # the process's peak resident memory when it finished
+
+
+class RecoveryProgress:
+    """What a rebuild has read so far; updated by the reading thread, read by ``status``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._started_at_ms = time.time_ns() // 1_000_000
+        self._rows = 0
+        self._dead = 0
+        self._done: RecoveryStatus | None = None
+
+    def rows(self, read: int) -> None:
+        with self._lock:
+            self._rows = read
+
+    def dead_letters(self, read: int) -> None:
+        with self._lock:
+            self._dead = read
+
+    def finish(self, window_keys: int) -> RecoveryStatus:
+        with self._lock:
+            self._done = self._snapshot(window_keys, _peak_rss_bytes())
+            return self._done
+
+    def snapshot(self) -> RecoveryStatus:
+        with self._lock:
+            return self._done if self._done is not None else self._snapshot(None, None)
+
+    def _snapshot(self, window_keys: int | None, peak: int | None) -> RecoveryStatus:
+        return RecoveryStatus(rows_read=self._rows, dead_letters_read=self._dead,
+                              started_at_ms=self._started_at_ms,
+                              seconds=time.monotonic() - self._started,
+                              finished=window_keys is not None, window_keys=window_keys,
+                              peak_rss_bytes=peak)
+
+
+def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
+                     committed: int | None, progress: RecoveryProgress) -> DedupWindow:
+    """The window as the consumer life before left it at ``committed``, keys accepted since
+    ``since_ms``; call it after the dead-letter producer fenced its predecessor, so the tail
+    read is final."""
+    consumer = config.consumer
+    topic = config.topics.events
+    dead = read_recent_keys(config.kafka, config.topics.dead_letter, partition, since_ms,
+                            stall_s=consumer.recovery_stall_s, progress=progress.dead_letters)
+    with TableKeys(config.snowflake, topic, partition, page_rows=consumer.window_page_rows,
+                   attempts=config.sink.retry_attempts,
+                   backoff_s=config.sink.retry_backoff_s) as table, closing(dead):
+        rows = table.keys(since_ms, consumer.dedup_max_keys, progress.rows)
+        window = stream_window(consumer.dedup_window_s, consumer.dedup_max_keys,
+                               since_ms=since_ms, committed=committed, table=rows, dead=dead)
+    done = progress.finish(len(window))
+    log.info("retry window rebuilt topic=%s partition=%d committed=%s since_ms=%d keys=%d "
+             "rows_read=%d dead_letters_read=%d seconds=%.1f peak_rss_mb=%.0f", topic,
+             partition, committed, since_ms, len(window), done.rows_read,
+             done.dead_letters_read, done.seconds, (done.peak_rss_bytes or 0) / 2**20)
+    return window
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
