@@ -41,6 +41,9 @@ class RecoveryStatus(msgspec.Struct, frozen=True):
     seconds: float          # so far, or in all once finished
     finished: bool
     window_keys: int | None = None     # keys the rebuilt window holds; None while rebuilding
+    # keys read but forgotten for dedup_max_keys (the oldest; counted again in
+    # eventray_dedup_evicted_early when the first batch is planned)
+    evicted_early: int | None = None
     peak_rss_bytes: int | None = None  # the process's peak resident memory when it finished
 
 
@@ -63,21 +66,21 @@ class RecoveryProgress:
         with self._lock:
             self._dead = read
 
-    def finish(self, window_keys: int) -> RecoveryStatus:
+    def finish(self, window: DedupWindow) -> RecoveryStatus:
         with self._lock:
-            self._done = self._snapshot(window_keys, _peak_rss_bytes())
+            self._done = msgspec.structs.replace(
+                self._snapshot(), finished=True, window_keys=len(window),
+                evicted_early=window.evicted_early, peak_rss_bytes=_peak_rss_bytes())
             return self._done
 
     def snapshot(self) -> RecoveryStatus:
         with self._lock:
-            return self._done if self._done is not None else self._snapshot(None, None)
+            return self._done if self._done is not None else self._snapshot()
 
-    def _snapshot(self, window_keys: int | None, peak: int | None) -> RecoveryStatus:
+    def _snapshot(self) -> RecoveryStatus:
         return RecoveryStatus(rows_read=self._rows, dead_letters_read=self._dead,
                               started_at_ms=self._started_at_ms,
-                              seconds=time.monotonic() - self._started,
-                              finished=window_keys is not None, window_keys=window_keys,
-                              peak_rss_bytes=peak)
+                              seconds=time.monotonic() - self._started, finished=False)
 
 
 def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
@@ -95,11 +98,12 @@ def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
         rows = table.keys(since_ms, consumer.dedup_max_keys, progress.rows)
         window = stream_window(consumer.dedup_window_s, consumer.dedup_max_keys,
                                since_ms=since_ms, committed=committed, table=rows, dead=dead)
-    done = progress.finish(len(window))
+    done = progress.finish(window)
     log.info("retry window rebuilt topic=%s partition=%d committed=%s since_ms=%d keys=%d "
-             "rows_read=%d dead_letters_read=%d seconds=%.1f peak_rss_mb=%.0f", topic,
-             partition, committed, since_ms, len(window), done.rows_read,
-             done.dead_letters_read, done.seconds, (done.peak_rss_bytes or 0) / 2**20)
+             "evicted_early=%d rows_read=%d dead_letters_read=%d seconds=%.1f "
+             "peak_rss_mb=%.0f", topic, partition, committed, since_ms, len(window),
+             window.evicted_early, done.rows_read, done.dead_letters_read, done.seconds,
+             (done.peak_rss_bytes or 0) / 2**20)
     return window
 
 

@@ -110,7 +110,7 @@ def test_a_long_tail_is_read_as_long_as_it_makes_progress(
 def test_a_read_that_stalls_resumes_after_its_last_record(
         kafka_connection: KafkaConnection, kafka_broker: LocalKafka, tail: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    count = 30_000  # more than the reader's prefetch (8 MB), so it needs the broker again
+    count = 80_000  # ~50 MB: more than the reader's prefetch (32 MB), it needs the broker again
     fill_tail(kafka_connection, tail, count)
     pid = kafka_broker.pid
     assert pid is not None
