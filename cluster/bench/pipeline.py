@@ -22,17 +22,15 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,12 +50,12 @@ from actors.contract import (
     Event,
     EventCodec,
 )
-from actors.exceptions import EventrayError
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.sink import SnowflakeWriter
 from actors.validation import validate_batch
 from cluster.bench.cpu_usage import CpuReport, usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.bench.stack import BenchError, bench_stack, create_topic
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import SINGLE_BROKER_TOPICS, Settings
@@ -66,10 +64,6 @@ log = logging.getLogger(__name__)
 
 TARGETS = {"ratio_vs_sink": 1.0, "e2e_events_per_s": 30_000.0}
 _REPO = Path(__file__).resolve().parents[2]
-
-
-class BenchError(EventrayError):
-    """The benchmark could not run a phase."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,58 +90,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="PATH",
                         help="cProfile the raw sink phase into PATH (pstats)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-
-
-# -- the stack ------------------------------------------------------------------------------
-
-
-@contextmanager
-def _stack(settings: Settings, args: argparse.Namespace) -> Iterator[tuple[KafkaConnection,
-                                                                          SnowflakeConfig]]:
-    """Kafka and the emulator: the given ones, or local ones in a temp dir (removed after)."""
-    from cluster.local.kafka_broker import LocalKafka
-    from cluster.local.snowflake_emulator import LocalSnowflake, emulator_config
-    from cluster.local.snowflake_emulator import ensure_database as ensure_db
-
-    work = Path(tempfile.mkdtemp(prefix="eventray-bench-pipeline-"))
-    with ExitStack() as stack:
-        stack.callback(shutil.rmtree, work, True)
-        if args.bootstrap:
-            kafka = KafkaConnection(bootstrap_servers=args.bootstrap)
-        else:
-            broker = LocalKafka(work / "kafka", port=0, controller_port=0,
-                                version=settings.local.kafka_version,
-                                cache_dir=settings.cache_path(), heap="1g")
-            stack.callback(broker.stop)
-            broker.start(timeout=120)
-            kafka = broker.connection()
-        database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
-        if args.snowflake_port:
-            snowflake = emulator_config("127.0.0.1", args.snowflake_port, database=database)
-        else:
-            server = LocalSnowflake(work / "snowflake", port=0)
-            stack.callback(server.stop)
-            server.start(timeout=120)
-            snowflake = server.snowflake_config(database=database)
-        ensure_db(snowflake)
-        yield kafka, snowflake
-
-
-def _create_topic(conn: KafkaConnection, name: str, partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    admin = AdminClient(conn.client_config())
-    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
-        future.result(timeout=60)
-    deadline = time.monotonic() + 60
-    while True:
-        parts = admin.list_topics(topic=name, timeout=10).topics[name].partitions
-        if len(parts) == partitions and all(p.leader >= 0 for p in parts.values()):
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"topic {name}: partitions without a leader")
-        time.sleep(0.1)
 
 
 def _produce(conn: KafkaConnection, topic: str, events: list[Event]) -> float:
@@ -333,7 +275,7 @@ def _pipeline_config(settings: Settings, kafka: KafkaConnection, snowflake: Snow
     base = settings.pipeline_config()
     return msgspec.structs.replace(
         base, kafka=kafka,
-        # The bench creates its topics with one replica (_create_topic): say so.
+        # The bench creates its topics with one replica (create_topic): say so.
         topics=msgspec.structs.replace(base.topics, events=topic, dead_letter=f"{topic}.dlq",
                                        partitions=partitions, replication_factor=1,
                                        min_insync_replicas=1, durability="local"),
@@ -508,12 +450,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"raw_consume_events_per_s": None, "raw_sink_events_per_s": None,
                            "pipeline_events_per_s": None, "ratio_vs_consume": None,
                            "ratio_vs_sink": None, "e2e": None}
-    with _stack(settings, args) as (kafka, snowflake):
+    with bench_stack(settings, bootstrap=args.bootstrap, snowflake_port=args.snowflake_port,
+                     name="pipeline") as (kafka, snowflake):
         workload = generate(WorkloadSpec(events=args.events, batch_size=args.e2e_batch,
                                          invalid_share=args.invalid_share, refused_share=0.0,
                                          retry_share=0.0, run_id=f"b{tag}"))
         events = [e for batch in workload.batches for e in batch]
-        _create_topic(kafka, topic, args.partitions)
+        create_topic(kafka, topic, args.partitions)
         produced = _produce(kafka, topic, events)
         ends = _end_offsets(kafka, topic, args.partitions)
         print(f"topic {topic}: {sum(ends.values())} events ({len(workload.invalid_ids)} invalid)"

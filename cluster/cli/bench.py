@@ -1,4 +1,4 @@
-"""``eventray bench gateway|pipeline``: benchmarks that print ratios against raw baselines
+"""``eventray bench gateway|pipeline|recovery``: benchmarks that print ratios against raw baselines
 measured in the same run. Each benchmark module exposes ``add_arguments`` and ``run``."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from cluster.settings import Settings
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "gateway": ("cluster.bench.gateway", "HTTP -> Kafka through Serve vs plain uvicorn vs produce"),
     "pipeline": ("cluster.bench.pipeline", "topic -> rows: pipeline vs raw consume vs raw sink"),
+    "recovery": ("cluster.bench.recovery",
+                 "a consumer's start on a full retry window vs raw fetch and tail read"),
 }
 
 
