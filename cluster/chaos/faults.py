@@ -12,7 +12,10 @@ import io
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
 
 from actors.exceptions import EventrayError
 from cluster.chaos.ray_node import LocalRayWorker
@@ -22,6 +25,12 @@ from cluster.settings import Settings
 from gateway.serve_app import serve_env
 
 log = logging.getLogger(__name__)
+
+
+# Where the kernel shows a thread blocked on a socket with a timeout (Python's socket module
+# polls before recv/send when a timeout is set, as the Snowflake connector's HTTP client does).
+_SOCKET_WAITS: Final = ("poll_schedule_timeout", "do_sys_poll", "do_poll", "sk_wait_data",
+                        "wait_woken", "do_select", "core_sys_select")
 
 
 class FaultError(EventrayError):
@@ -54,6 +63,27 @@ def kill_ray_worker(pid: int) -> None:
         raise FaultError(f"pid {pid} is not a Ray worker process (command line: {cmdline})")
     os.kill(pid, signal.SIGKILL)
     log.info("killed ray worker pid=%d (%s)", pid, cmdline[0])
+
+
+def waiting_on_socket(pid: int) -> bool:
+    """Whether the main thread of ``pid`` is blocked on a socket right now (``wchan``). A
+    synchronous Ray actor runs its calls on its main thread and idles in ``epoll_wait``: a sink
+    blocked on a socket is inside a warehouse call."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return wchan.startswith(_SOCKET_WAITS)
+
+
+def wait_until_on_socket(pid: int, timeout_s: float) -> bool:
+    """Poll every millisecond until ``pid`` waits on a socket; False at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if waiting_on_socket(pid):
+            return True
+        time.sleep(0.001)
+    return False
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from actors.exceptions import EventrayError
@@ -97,12 +97,14 @@ class LocalRayWorker(LocalService):
         """SIGSTOP every process of the node (a machine that stops answering); the pids."""
         return self._signal_all(signal.SIGSTOP)
 
-    def thaw(self) -> list[int]:
-        """SIGCONT every process of the node; the pids."""
-        return self._signal_all(signal.SIGCONT)
+    def thaw(self, only: Collection[int] | None = None) -> list[int]:
+        """SIGCONT every process of the node, or those of ``only`` that belong to it; the
+        pids."""
+        return self._signal_all(signal.SIGCONT, only)
 
-    def _signal_all(self, sig: signal.Signals) -> list[int]:
-        pids = self.pids()
+    def _signal_all(self, sig: signal.Signals, only: Collection[int] | None = None
+                    ) -> list[int]:
+        pids = [pid for pid in self.pids() if only is None or pid in only]
         for pid in pids:
             try:
                 os.kill(pid, sig)

@@ -12,7 +12,7 @@ RECOVERY_DEFINITION: Final = (
     "topic the warehouse has committed an event the gateway acknowledged after the injection "
     "(a partition the load no longer reached: until its lag is 0) and (b) the scenario's own "
     "check passes (the service answers, the actor runs again, elsewhere for node faults; the "
-    "new pool or partitions run). '-': not within the bound."
+    "new pool or partitions run), polled every 0.5 s. '-': not within the bound."
 )
 ACCOUNTING_DEFINITION: Final = (
     "lost: acknowledged (202) and found neither in the table nor in the dead-letter topic. "

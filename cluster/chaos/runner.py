@@ -29,7 +29,7 @@ from cluster.chaos.load import AckLog, LoadClient, LoadSpec, LoadThread
 from cluster.chaos.progress import ProgressReader, ProgressUnavailableError
 from cluster.chaos.recovery import RecoveryMonitor
 from cluster.chaos.report import RunResult
-from cluster.chaos.scenarios import ChaosContext, Scenario
+from cluster.chaos.scenarios import INVALID_SHARE, ChaosContext, Scenario
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def _loaded_run(ctx: ChaosContext, scenario: Scenario, run: int, *, spec: RunSpe
                 gateway_url: str, api_key: str | None, run_id: str) -> RunResult:
     name, say = scenario.name, ctx.say
     workload = generate(WorkloadSpec(
-        events=spec.events, batch_size=spec.batch_size, invalid_share=spec.invalid_share,
+        events=spec.events, batch_size=spec.batch_size,
+        invalid_share=INVALID_SHARE.get(name, spec.invalid_share),
         refused_share=0.0, retry_share=spec.retry_share, seed=spec.seed + run, run_id=run_id))
     acks = AckLog()
     ctx.acks = acks

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    parser.add_argument("--invalid-share", type=float, default=defaults.invalid_share,
+                        help="share of events that break a business rule (dead letters); "
+                             "zombie always runs without")
     parser.add_argument("--tail", type=float, default=defaults.tail_s,
                         help="seconds of load after the fault's active part")
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s)
@@ -73,7 +76,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     names = args.scenario or list(SCENARIOS)
     spec = RunSpec(events=args.events, rate=args.rate, batch_size=args.batch_size,
-                   concurrency=args.concurrency, tail_s=args.tail,
+                   concurrency=args.concurrency, invalid_share=args.invalid_share,
+                   tail_s=args.tail,
                    drain_timeout_s=args.drain_timeout, seed=args.seed)
     settings = ensure_up(settings)
     stack = running_stack(settings)

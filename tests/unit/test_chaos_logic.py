@@ -192,6 +192,33 @@ def test_the_table_has_a_row_per_run_and_says_what_was_injected() -> None:
     assert "add-partitions run 1: partitions 4->5; NOT DRAINED within the bound" in text
 
 
+# -- the injectors ----------------------------------------------------------------------------
+
+
+def test_a_process_blocked_reading_a_socket_is_seen_waiting_on_it() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from cluster.chaos.faults import wait_until_on_socket, waiting_on_socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        # Blocks in recv with a timeout, as the Snowflake connector's HTTP client does.
+        child = subprocess.Popen([sys.executable, "-c", (
+            "import socket, time; time.sleep(0.5); "
+            f"s = socket.create_connection(('127.0.0.1', {port})); s.settimeout(30); s.recv(1)")])
+        try:
+            assert not waiting_on_socket(child.pid)  # still sleeping
+            conn, _ = server.accept()
+            with conn:
+                assert wait_until_on_socket(child.pid, timeout_s=10)
+        finally:
+            child.kill()
+            child.wait()
+    assert not waiting_on_socket(child.pid)  # gone
+
+
 # -- the command -------------------------------------------------------------------------------
 
 
