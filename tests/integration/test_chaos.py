@@ -159,9 +159,9 @@ def test_resizing_the_sink_pool_loses_and_duplicates_nothing(chaos: Chaos) -> No
 
 
 @pytest.mark.xfail(strict=True, raises=DuplicatedEventsError,
-                   reason="issue 12 item 2, still open at dbb0b99: events re-sent around the "
-                          "growth that hash to another partition now are written or "
-                          "dead-lettered twice (eventray chaos: 22-45 per run)")
+                   reason="issue 12 item 2, still open at ee8745d: invalid events re-sent "
+                          "around the growth that hash to another partition now are "
+                          "dead-lettered twice (eventray chaos: 21-48 per run)")
 def test_adding_partitions_online_loses_and_duplicates_nothing(chaos: Chaos) -> None:
     result = run_once(chaos, "add-partitions")
     assert result.fault.startswith("partitions 3->4"), result
