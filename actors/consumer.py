@@ -156,6 +156,8 @@ class PartitionConsumer:
     def __repr__(self) -> str:
         """``consumer(events/3 committed=1234)``: ``?`` before the sink answered, ``none`` for
         a partition never written. Only a lock, no Ray calls: Ray calls it on its threads."""
+        if "_offset_read" not in self.__dict__:  # __init__ failed before it got that far
+            return "consumer(not started)"
         with self._lock:
             committed = self._committed
         if not self._offset_read.is_set():

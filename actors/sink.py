@@ -617,6 +617,8 @@ class SnowflakeSink:
 
     def __repr__(self) -> str:
         """``sink(1 pool=2 partitions=p%2==1 wrote=events/1,3)``; no Ray calls."""
+        if "_written" not in self.__dict__:  # __init__ failed before it got that far
+            return "sink(not started)"
         if self._index is None:
             return f"sink(pool={self._pool_size} wrote={_partitions_text(self._written)})"
         return (f"sink({self._index} pool={self._pool_size} "
