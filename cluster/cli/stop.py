@@ -30,7 +30,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     address = dashboard_address(settings, args.address)
     namespace = settings.ray.namespace
-    print(f"stopping the pipeline in namespace {namespace} at {address}", flush=True)
+    print(f"stopping the pipeline in namespace {namespace!r} at {address}", flush=True)
     # Half the time for the job's own deadline, the rest for its start and the upload.
     stop_s = max(args.timeout / 2, 10.0)
     result = msgspec.json.decode(
