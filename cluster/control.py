@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgspec
 
 from cluster.pipeline_actors import pipeline_actors
-from cluster.supervisor import SUPERVISOR_NAME, PipelineStatus
+from cluster.supervisor import SUPERVISOR_NAME, PipelineStatus, find_actor, sweep
 
 RESULT_MARK: Final = "@@eventray-result "
 PROGRESS_MARK: Final = "@@eventray-progress "
@@ -56,7 +56,7 @@ class StopResult(msgspec.Struct, frozen=True):
 def status(namespace: str, timeout_s: float) -> StatusResult:
     import ray
 
-    supervisor = _find(SUPERVISOR_NAME, namespace)
+    supervisor = find_actor(SUPERVISOR_NAME, namespace)
     if supervisor is None:
         return StatusResult(namespace=namespace, pipeline=None)
     try:
@@ -73,7 +73,7 @@ def stop(namespace: str, timeout_s: float, say: Say) -> StopResult:
 
     deadline = time.monotonic() + timeout_s
     stopped: list[str] = []
-    supervisor = _find(SUPERVISOR_NAME, namespace)
+    supervisor = find_actor(SUPERVISOR_NAME, namespace)
     if supervisor is not None:
         ray.kill(supervisor, no_restart=True)
         _wait_released([SUPERVISOR_NAME], namespace, deadline)
@@ -84,12 +84,17 @@ def stop(namespace: str, timeout_s: float, say: Say) -> StopResult:
         f"{namespace}")
     unfinished = _stop_consumers(found.consumers, namespace, deadline, say)
     for name in [*found.consumers, *found.sinks]:
-        handle = _find(name, namespace)
+        handle = find_actor(name, namespace)
         if handle is not None:
             ray.kill(handle, no_restart=True)
             stopped.append(name)
             say(f"stopped {name}")
-    remaining = _sweep(namespace, deadline, say)
+    # Kill what is still registered (e.g. an actor the supervisor was creating as it was
+    # killed) until nothing of the pipeline is left or the deadline passes.
+    remaining = sweep(
+        namespace, lambda: [SUPERVISOR_NAME, *_pipeline_names(namespace)],
+        max(deadline - time.monotonic(), 0.0),
+        on_wait=lambda left: say(f"waiting for {len(left)} actors to exit: {', '.join(left)}"))
     return StopResult(namespace=namespace, stopped=stopped, unfinished=unfinished,
                       remaining=remaining)
 
@@ -104,7 +109,7 @@ def _stop_consumers(names: list[str], namespace: str, deadline: float, say: Say)
     say(f"asking {len(names)} consumers to finish their batch in flight (up to {wait_s:.0f}s)")
     refs: dict[str, Any] = {}
     for name in names:
-        handle = _find(name, namespace)
+        handle = find_actor(name, namespace)
         if handle is not None:
             refs[name] = handle.stop.remote(wait_s)
     ray.wait(list(refs.values()), num_returns=len(refs), timeout=wait_s + 5)
@@ -121,40 +126,16 @@ def _stop_consumers(names: list[str], namespace: str, deadline: float, say: Say)
     return unfinished
 
 
-def _sweep(namespace: str, deadline: float, say: Say) -> list[str]:
-    """Kill what is still registered (e.g. an actor the supervisor was creating as it was
-    killed) until nothing of the pipeline is left or the deadline passes."""
-    import ray
-
-    while True:
-        found = pipeline_actors(namespace)
-        left = [*found.consumers, *found.sinks]
-        if _find(SUPERVISOR_NAME, namespace) is not None:
-            left.insert(0, SUPERVISOR_NAME)
-        if not left or time.monotonic() > deadline:
-            return left
-        for name in left:
-            handle = _find(name, namespace)
-            if handle is not None:
-                ray.kill(handle, no_restart=True)
-        say(f"waiting for {len(left)} actors to exit: {', '.join(left)}")
-        time.sleep(_POLL_S)
+def _pipeline_names(namespace: str) -> list[str]:
+    found = pipeline_actors(namespace)
+    return [*found.consumers, *found.sinks]
 
 
 def _wait_released(names: list[str], namespace: str, deadline: float) -> None:
     """Until Ray released the names (their actors are dead) or the deadline passes."""
-    while (any(_find(name, namespace) is not None for name in names)
+    while (any(find_actor(name, namespace) is not None for name in names)
            and time.monotonic() < deadline):
         time.sleep(_POLL_S)
-
-
-def _find(name: str, namespace: str) -> Any:
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return None
 
 
 def _say(message: str) -> None:

@@ -268,13 +268,13 @@ class Supervisor:
             # before its first reconciliation, yet its predecessor's actors run on.
             names = pipeline_actors(cfg.namespace, cfg.topics.events)
             consumers = [handle for name in names.consumers
-                         if (handle := _find(name, cfg.namespace)) is not None]
+                         if (handle := find_actor(name, cfg.namespace)) is not None]
             refs: list[Any] = [c.stop.remote(timeout_s / 2) for c in consumers]
             ray.wait(refs, num_returns=len(refs), timeout=timeout_s / 2)
             for handle in consumers:
                 ray.kill(handle, no_restart=True)
             for name in names.sinks:
-                handle = _find(name, cfg.namespace)
+                handle = find_actor(name, cfg.namespace)
                 if handle is not None:
                     ray.kill(handle, no_restart=True)
         finally:
@@ -392,7 +392,7 @@ class Supervisor:
             status = _as(answer, ConsumerStatus)
             if status is None or not status.fenced:
                 continue
-            handle = _find(names[p], cfg.namespace)
+            handle = find_actor(names[p], cfg.namespace)
             if handle is None:
                 continue
             log.warning("replacing fenced consumer name=%s partition=%d epoch=%s: %s",
@@ -404,7 +404,7 @@ class Supervisor:
 
         cfg = self._config
         name = sink_name(index)
-        handle = _find(name, cfg.namespace)
+        handle = find_actor(name, cfg.namespace)
         if handle is None:
             log.info("creating sink name=%s", name)
             handle = SnowflakeSinkActor.options(
@@ -418,7 +418,7 @@ class Supervisor:
 
         cfg = self._config
         name = consumer_name(cfg.topics.events, partition)
-        handle = _find(name, cfg.namespace)
+        handle = find_actor(name, cfg.namespace)
         if handle is None:
             if self._consumer_cls is None:
                 self._consumer_cls = partition_consumer_actor()
@@ -436,7 +436,7 @@ class Supervisor:
 
         refs: list[Any] = []
         for name in names:
-            handle = _find(name, self._config.namespace)
+            handle = find_actor(name, self._config.namespace)
             refs.append(None if handle is None else getattr(handle, method).remote())
         live = [ref for ref in refs if ref is not None]
         if live:
@@ -459,7 +459,7 @@ def _as(value: Any, kind: type[Any]) -> Any:
     return value if isinstance(value, kind) else None
 
 
-def _find(name: str, namespace: str) -> Any:
+def find_actor(name: str, namespace: str) -> Any:
     """The handle of a live (or restarting) named actor, None when there is none."""
     import ray
 
@@ -514,7 +514,7 @@ def _replace_if_changed(config: PipelineConfig, timeout_s: float) -> None:
     new supervisor create them); raise ``ConfigChangeRefusedError`` for what cannot change."""
     import ray
 
-    running = _find(SUPERVISOR_NAME, config.namespace)
+    running = find_actor(SUPERVISOR_NAME, config.namespace)
     if running is None:
         return
     try:
@@ -540,7 +540,7 @@ def _replace_if_changed(config: PipelineConfig, timeout_s: float) -> None:
         log.info("settings changed namespace=%s changed=%s: replacing the supervisor",
                  config.namespace, ",".join(change.changed))
         ray.kill(running, no_restart=True)
-        left = _sweep(config.namespace, lambda: [SUPERVISOR_NAME], _RELEASE_WAIT_S)
+        left = sweep(config.namespace, lambda: [SUPERVISOR_NAME], _RELEASE_WAIT_S)
         if left:
             raise EventrayError(f"{SUPERVISOR_NAME} was still registered "
                                 f"{_RELEASE_WAIT_S:g}s after it was killed")
@@ -552,7 +552,7 @@ def stop_pipeline(config: PipelineConfig, *, timeout_s: float = 60.0) -> bool:
     supervisor ran; ``EventrayError`` naming what is still registered after the wait."""
     import ray
 
-    supervisor = _find(SUPERVISOR_NAME, config.namespace)
+    supervisor = find_actor(SUPERVISOR_NAME, config.namespace)
     if supervisor is None:
         return False
     try:
@@ -567,28 +567,31 @@ def stop_pipeline(config: PipelineConfig, *, timeout_s: float = 60.0) -> bool:
         names = pipeline_actors(config.namespace, config.topics.events)
         return [SUPERVISOR_NAME, *names.consumers, *names.sinks]
 
-    left = _sweep(config.namespace, registered, _RELEASE_WAIT_S)
+    left = sweep(config.namespace, registered, _RELEASE_WAIT_S)
     if left:
         raise EventrayError(f"still registered {_RELEASE_WAIT_S:g}s after they were killed: "
                             f"{', '.join(left)}")
     return True
 
 
-def _sweep(namespace: str, names: Callable[[], list[str]], wait_s: float) -> list[str]:
+def sweep(namespace: str, names: Callable[[], list[str]], wait_s: float,
+          on_wait: Callable[[list[str]], None] | None = None) -> list[str]:
     """Kill the actors ``names()`` lists, asking again each round (a reconciliation that ended
     late may have created one), until Ray has released every name or ``wait_s`` passed; the
-    names still registered."""
+    names still registered. ``on_wait`` hears the names left after each round of kills."""
     import ray
 
     deadline = time.monotonic() + wait_s
     while True:
-        left = [name for name in names() if _find(name, namespace) is not None]
+        left = [name for name in names() if find_actor(name, namespace) is not None]
         if not left or time.monotonic() > deadline:
             return left
         for name in left:
-            handle = _find(name, namespace)
+            handle = find_actor(name, namespace)
             if handle is not None:
                 ray.kill(handle, no_restart=True)
+        if on_wait is not None:
+            on_wait(left)
         time.sleep(0.2)
 
 
@@ -596,7 +599,7 @@ def get_status(config: PipelineConfig, *, timeout_s: float = 30.0) -> PipelineSt
     """The supervisor's status report, None when no supervisor runs in the namespace."""
     import ray
 
-    supervisor = _find(SUPERVISOR_NAME, config.namespace)
+    supervisor = find_actor(SUPERVISOR_NAME, config.namespace)
     if supervisor is None:
         return None
     status: PipelineStatus = ray.get(supervisor.status.remote(), timeout=timeout_s)
