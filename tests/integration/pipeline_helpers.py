@@ -8,7 +8,8 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,15 @@ def workload(events: int, seed: int) -> Workload:
                                  run_id=f"w{uuid.uuid4().hex[:8]}"))
 
 
+@contextmanager
+def local_ray_session(namespace: str) -> Iterator[None]:
+    """An in-process local Ray (8 logical CPUs, no dashboard) in ``namespace``, with the
+    repository on the workers' path; shut down afterwards. For module-scoped fixtures."""
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, namespace=namespace,
+             runtime_env=ray_runtime_env(), log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -22,8 +22,8 @@ import ray
 from confluent_kafka import Producer
 from pipeline_helpers import (
     dead_letters,
+    local_ray_session,
     pipeline_settings,
-    ray_runtime_env,
     wait_for,
     warehouse_rows,
 )
@@ -47,13 +47,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace=f"crash-{uuid.uuid4().hex[:6]}", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session(f"crash-{uuid.uuid4().hex[:6]}"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def one_partition(kafka: KafkaConnection, snowflake: SnowflakeConfig) -> Settings:

@@ -19,10 +19,10 @@ import ray
 from pipeline_helpers import (
     assert_exactly_once,
     landed,
+    local_ray_session,
     pipeline_settings,
     produce_events,
     produce_raw,
-    ray_runtime_env,
     wait_for,
     workload,
 )
@@ -38,13 +38,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace=f"fencing-{uuid.uuid4().hex[:6]}", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session(f"fencing-{uuid.uuid4().hex[:6]}"):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

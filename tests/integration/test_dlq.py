@@ -18,9 +18,9 @@ import pytest
 import ray
 import snowflake.connector
 from pipeline_helpers import (
+    local_ray_session,
     pipeline_settings,
     produce_events,
-    ray_runtime_env,
     wait_for,
     wait_until_drained,
 )
@@ -163,13 +163,8 @@ def test_list_and_show_select_dead_letters_by_reason_partition_account_and_time(
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace="eventray-dlq-tests", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session("eventray-dlq-tests"):
         yield
-    finally:
-        ray.shutdown()
 
 
 class Workload(msgspec.Struct):

@@ -19,9 +19,9 @@ import ray
 from pipeline_helpers import (
     assert_exactly_once,
     landed,
+    local_ray_session,
     pipeline_settings,
     produce_events,
-    ray_runtime_env,
     wait_for,
     wait_until_drained,
     workload,
@@ -37,13 +37,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace=f"fenced-{uuid.uuid4().hex[:6]}", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session(f"fenced-{uuid.uuid4().hex[:6]}"):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from confluent_kafka import KafkaException
 from pipeline_helpers import (
     assert_exactly_once,
     landed,
+    local_ray_session,
     pipeline_settings,
     produce_events,
     produce_raw,
-    ray_runtime_env,
     wait_for,
     wait_until_drained,
     workload,
@@ -34,13 +34,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace="eventray-fault-tests", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session("eventray-fault-tests"):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

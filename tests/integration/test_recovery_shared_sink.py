@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import ray
-from pipeline_helpers import pipeline_settings, ray_runtime_env, wait_for
+from pipeline_helpers import local_ray_session, pipeline_settings, wait_for
 
 from actors.config import KafkaConnection, PipelineConfig, SnowflakeConfig
 from actors.consumer import ConsumerStatus, consumer_name, partition_consumer_actor, sink_name
@@ -39,13 +39,8 @@ A, B = 0, 1
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace=f"recovery-{uuid.uuid4().hex[:6]}", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session(f"recovery-{uuid.uuid4().hex[:6]}"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def start_consumer(config: PipelineConfig, partition: int) -> Any:

@@ -15,9 +15,9 @@ import ray
 from pipeline_helpers import (
     assert_exactly_once,
     landed,
+    local_ray_session,
     pipeline_settings,
     produce_events,
-    ray_runtime_env,
     wait_for,
     wait_until_drained,
     workload,
@@ -41,13 +41,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace="eventray-supervisor-tests", runtime_env=ray_runtime_env(),
-             log_to_driver=False)
-    try:
+    with local_ray_session("eventray-supervisor-tests"):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
