@@ -6,7 +6,15 @@ import pytest
 
 from cluster.bench.cpu_usage import role_of, snapshot, usage_between
 
-BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+# Burns 0.6 s of CPU, says so, then stays alive until its stdin closes: a process that has
+# exited is gone from /proc, so the second snapshot must see it still running.
+BURN = (
+    "import sys, time\n"
+    "end = time.process_time() + 0.6\n"
+    "while time.process_time() < end: pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.read()\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -28,14 +36,13 @@ def test_processes_are_grouped_by_what_they_run(cmdline: str, role: str) -> None
 def test_a_busy_child_is_charged_to_its_role() -> None:
     before = snapshot(time.perf_counter())
     # The trailing argument only puts "kafka.Kafka" on the child's command line.
-    child = subprocess.Popen([sys.executable, "-c", BURN, "kafka.Kafka"])
+    child = subprocess.Popen([sys.executable, "-c", BURN, "kafka.Kafka"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)
-        while child.poll() is None:
-            after = snapshot(time.perf_counter())
-            time.sleep(0.05)
+        assert child.stdout is not None and child.stdout.readline() == "burnt\n"
+        after = snapshot(time.perf_counter())
     finally:
-        child.wait(timeout=30)
+        child.communicate(timeout=30)
     report = usage_between(before, after)
     # Charged while it ran: at least most of its 0.6 s burn, at most the wall time.
     assert 0.3 <= report.by_role["kafka broker"] <= report.wall_s + 0.1
