@@ -28,7 +28,7 @@ from actors.config import ValidationRules
 from actors.contract import HEADER_ACCEPTED_AT_MS, Event, EventCodec, FieldError, describe_error
 from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, Recovered, event_key
 from actors.exceptions import EventrayError
-from actors.records import SourceHeaders, SourceRecord
+from actors.records import Forward, SourceHeaders, SourceRecord
 from actors.retry_window import DISORDER_SLACK_MS, DedupKey, DedupWindow, replay_key
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
@@ -47,6 +47,8 @@ class BatchPlan(msgspec.Struct, frozen=True):
     duplicates: int
     already_dead_lettered: int  # invalid records a predecessor dead-lettered already
     rejected: dict[str, int]    # dead letters by reason code
+    # Records handed to the partition that decides them (``actors.partition_moves``).
+    forwards: list[Forward] = msgspec.field(default_factory=list)
 
 
 def batch_range(next_from: int | None, records: Sequence[SourceRecord]) -> tuple[int, int]:
@@ -70,6 +72,7 @@ def plan_batch(
     records: Sequence[SourceRecord], *, topic: str, partition: int, next_from: int | None,
     codec: EventCodec, rules: ValidationRules, now: datetime, window: DedupWindow,
     recovered: Recovered = NOTHING_RECOVERED, now_ms: int | None = None,
+    forwards: Sequence[Forward] = (),
 ) -> BatchPlan:
     """Decode, validate and de-duplicate ``records`` (ascending offsets) into a ``BatchPlan``.
 
@@ -85,11 +88,15 @@ def plan_batch(
     dead letter's (a restarted consumer reads it back from the dead-letter topic). Replayed
     records are de-duplicated on their dead letter (see the module docstring). Records are
     decided one by one in offset order, so how they fall into batches changes nothing.
-    ``window`` first forgets keys too old for this batch.
+    ``window`` first forgets keys too old for this batch. ``forwards`` (records of the batch)
+    are left to the partition that decides them: the batch's offsets cover them, nothing else.
     """
     from_offset, to_offset = batch_range(next_from, records)
     arrival_ms = now_ms if now_ms is not None else int(now.timestamp() * 1000)
     window.evict((records[0].accepted_at_ms or arrival_ms) - DISORDER_SLACK_MS)
+    if forwards:
+        handed_on = {forward.record.offset for forward in forwards}
+        records = [record for record in records if record.offset not in handed_on]
     letters: list[DeadLetter] = []
     rejected: dict[str, int] = {}
 
@@ -139,8 +146,10 @@ def plan_batch(
     letters.sort(key=lambda letter: letter.source_offset)  # contract failures were found first
     batch = SinkBatch(topic=topic, partition=partition, from_offset=from_offset,
                       to_offset=to_offset, rows_json=encode_rows(rows), row_count=len(rows))
-    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records), valid=len(rows),
-                     duplicates=duplicates, already_dead_lettered=already, rejected=rejected)
+    window.seal(to_offset)  # a window on disk writes these changes once the batch committed
+    return BatchPlan(batch=batch, dead_letters=letters, consumed=len(records) + len(forwards),
+                     valid=len(rows), duplicates=duplicates, already_dead_lettered=already,
+                     rejected=rejected, forwards=list(forwards))
 
 
 def _decide(records: Sequence[SourceRecord], events: Sequence[Event],

@@ -47,7 +47,7 @@ from actors.batch_plan import BatchPlan, plan_batch
 from actors.batching import Accumulator
 from actors.config import PipelineConfig
 from actors.contract import EventCodec
-from actors.dead_letter import DeadLetter, DeadLetterProducer, Recovered
+from actors.dead_letter import DeadLetterProducer, Recovered
 from actors.exceptions import FencedError, KafkaDeliveryError, OffsetGapError, SinkError
 from actors.partition_moves import MoveGuard, SinkMovesIO
 from actors.rate_meter import RateMeter
@@ -369,14 +369,15 @@ class PartitionConsumer:
                 break  # stopping while waiting for another partition: the batch is not planned
             plan = plan_batch(batch, topic=self._topic, partition=self._partition,
                               next_from=next_from, codec=codec, rules=cfg.rules, now=now,
-                              window=window, recovered=recovered, now_ms=now_ms)
+                              window=window, recovered=recovered, now_ms=now_ms,
+                              forwards=moves.forward_targets(batch))
             next_from = plan.batch.to_offset
             self._metrics.count(plan.consumed, plan.valid, plan.duplicates, plan.rejected)
             if window.evicted_early:
                 self._note_window_full(window)
             # Dead letters are committed before the batch's rows: a crash in between replays
             # the batch, and the DLQ watermark keeps it from dead-lettering twice.
-            self._publish(dlq, plan.dead_letters)
+            self._publish(dlq, plan)
             if pending is not None:
                 self._finish(pending, consumer)
             pending = self._send(plan)
@@ -430,11 +431,12 @@ class PartitionConsumer:
                 raise KafkaDeliveryError(f"consume failed: {err.str()}", code=err.code())
         return records, nbytes
 
-    def _publish(self, dlq: DeadLetterProducer, letters: Sequence[DeadLetter]) -> None:
+    def _publish(self, dlq: DeadLetterProducer, plan: BatchPlan) -> None:
+        """The batch's dead letters and the records it hands on, in one transaction."""
         backoff = 0.5
         while True:
             try:
-                produced = dlq.publish(letters)
+                produced = dlq.publish(plan.dead_letters, plan.forwards)
             except KafkaDeliveryError as exc:
                 if not exc.retriable or self._stop.is_set():
                     raise

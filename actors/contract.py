@@ -117,6 +117,9 @@ HEADER_DLQ_SOURCE_OFFSET: Final = "eventray-dlq-source-offset"
 # On a record replayed from the dead-letter topic: the dead letter it replays,
 # ``<dlq partition>:<dlq offset>``. Consumers de-duplicate replays on it.
 HEADER_REPLAY_OF: Final = "eventray-replay-of"
+# On a record a partition handed to its account's partition after the topic grew
+# (``actors.partition_moves``): where it was first, ``<partition>:<offset>``.
+HEADER_FORWARDED_FROM: Final = "eventray-forwarded-from"
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):

@@ -4,7 +4,8 @@ Source partition p dead-letters to partition p of the dead-letter topic, through
 producer whose ``transactional.id`` belongs to that partition (``eventray-dlq-<topic>-<p>``).
 ``init_transactions()`` at start fences any zombie predecessor and aborts its open transaction;
 each batch's invalid records are produced in one transaction, committed before the batch's rows
-go to the warehouse.
+go to the warehouse. The same transaction carries the records the batch hands to another
+partition after the topic grew (``actors.partition_moves``).
 
 After a restart the consumer re-reads from the warehouse's committed offset, so records whose
 dead letters were already committed come round again. ``recover()`` reads the tail of DLQ
@@ -37,9 +38,11 @@ from actors.contract import (
     HEADER_DLQ_SOURCE_OFFSET,
     HEADER_DLQ_SOURCE_PARTITION,
     HEADER_DLQ_SOURCE_TOPIC,
+    HEADER_FORWARDED_FROM,
     HEADER_REPLAY_OF,
 )
 from actors.exceptions import KafkaDeliveryError, ProducerFencedError
+from actors.records import Forward
 from actors.retry_window import DecidedKey, replay_key
 
 log = logging.getLogger(__name__)
@@ -163,17 +166,19 @@ class DeadLetterProducer:
                  self._dlq_topic, self._partition, recovered.watermark, len(recovered.offsets))
         return recovered
 
-    def publish(self, letters: Sequence[DeadLetter]) -> int:
-        """Produce ``letters`` in one transaction; return how many were produced.
+    def publish(self, letters: Sequence[DeadLetter], forwards: Sequence[Forward] = ()) -> int:
+        """Produce ``letters`` and ``forwards`` in one transaction; return how many letters
+        were produced.
 
-        Letters at or below the watermark were committed by a predecessor and are skipped.
+        Letters at or below the watermark were committed by a predecessor and are skipped;
+        forwards are always produced (one produced before is a duplicate at its partition).
         Raises ``KafkaDeliveryError`` (with the librdkafka code) when the transaction did not
         commit; it was aborted then, so the same letters can be published again.
         """
         from confluent_kafka import KafkaException
 
         fresh = [letter for letter in letters if letter.source_offset > self._watermark]
-        if not fresh:
+        if not fresh and not forwards:
             return 0
         producer = self._producer
         if producer is None:
@@ -183,6 +188,8 @@ class DeadLetterProducer:
             producer.begin_transaction()
             for letter in fresh:
                 self._produce(letter)
+            for forward in forwards:
+                self._forward(forward)
             producer.commit_transaction(_KAFKA_TIMEOUT_S)
         except KafkaException as exc:
             err = exc.args[0]
@@ -197,18 +204,29 @@ class DeadLetterProducer:
             err = self._errors[0]
             raise KafkaDeliveryError(f"dead letter not delivered: {err.str()}", code=err.code(),
                                      retriable=err.retriable())
-        self._watermark = max(letter.source_offset for letter in fresh)
+        if fresh:
+            self._watermark = max(letter.source_offset for letter in fresh)
         return len(fresh)
 
+    def _forward(self, forward: Forward) -> None:
+        """``forward``'s record to its partition of the source topic, as it came (key, value,
+        headers with the accept time) plus where it was first."""
+        record = forward.record
+        headers = [(k, v) for k, v in record.headers
+                   if v is not None and k != HEADER_FORWARDED_FROM]
+        headers.append((HEADER_FORWARDED_FROM, f"{self._partition}:{record.offset}".encode()))
+        self._send(self._source_topic, forward.partition, record.key, record.value, headers)
+
     def _produce(self, letter: DeadLetter) -> None:
+        self._send(self._dlq_topic, self._partition, letter.key, letter.value,
+                   dead_letter_headers(letter, self._source_topic, self._partition))
+
+    def _send(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+              headers: Headers) -> None:
         while True:
             try:
-                self._producer.produce(
-                    self._dlq_topic, value=letter.value, key=letter.key,
-                    partition=self._partition,
-                    headers=dead_letter_headers(letter, self._source_topic, self._partition),
-                    on_delivery=self._on_delivery,
-                )
+                self._producer.produce(topic, value=value, key=key, partition=partition,
+                                       headers=headers, on_delivery=self._on_delivery)
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: serve delivery reports, retry
             else:

@@ -29,9 +29,17 @@ went to (``MoveGuard.prepare``):
 What was found enters the retry window with its own accept time before ``plan_batch`` runs, so
 the batch is planned as usual. A batch without moved records costs one partition-count lookup.
 
-Not caught (docs/guarantees.md): while some producers still route by the old count (librdkafka
-refreshes a topic's metadata every ``topic.metadata.refresh.interval.ms``) and others by the new
-one, copies of one event sent to both partitions around the same time can both be written.
+One partition decides each event accepted after a growth: its account's partition under the
+count. While some producers still route by the old count (librdkafka refreshes a topic's
+metadata every ``topic.metadata.refresh.interval.ms``), a partition past its mark receives
+records whose account now goes elsewhere; it does not decide them but hands them on
+(``MoveGuard.forward_targets``): produced to their account's partition, with their headers and
+accept time, in the transaction of the batch's dead letters, before the batch's rows. So an
+event and its retry, one routed by each count, are decided by one partition, whatever their
+timing. Which records are handed on depends only on the marks (which count a record's offset
+was planned under) and the record's accept time, so a batch planned again after a crash hands
+on the same ones; a record handed on twice (a crash between the transaction and the rows) is
+a duplicate of itself at its new partition and dropped there.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from actors.config import KafkaConnection
 from actors.dead_letter import event_key, read_recent_keys
 from actors.exceptions import KafkaDeliveryError
 from actors.murmur2 import partition_of
-from actors.records import SourceRecord
+from actors.records import Forward, SourceRecord
 from actors.retry_window import REPLAY_NAMESPACE, DecidedKey, DedupKey, DedupWindow
 from actors.window_rebuild import window_since
 
@@ -82,9 +90,27 @@ class PartitionHistory:
             key = (m.partitions, m.partition)
             self._marks[key] = max(self._marks.get(key, m.mark), m.mark)
         self._counts = sorted(since.items())  # partitions only grow: in order of time too
+        self._since = since
 
     def mark(self, partitions: int, partition: int) -> int | None:
         return self._marks.get((partitions, partition))
+
+    def grown(self) -> bool:
+        """Whether the topic ever had more than one count."""
+        return len(self._counts) > 1
+
+    def took_effect(self, partitions: int) -> int | None:
+        """When ``partitions`` took effect (epoch ms), None when it has not; only a count that
+        superseded an earlier one answers (the first count ever superseded nothing)."""
+        if not self._counts or partitions == self._counts[0][0]:
+            return None
+        return self._since.get(partitions)
+
+    def marks_of(self, partition: int) -> list[tuple[int, int]]:
+        """``(mark, count)`` of ``partition``, ascending: offsets from a mark on were planned
+        under its count (a partition marks each count once, at a higher offset than before)."""
+        return sorted((mark, count) for (count, p), mark in self._marks.items()
+                      if p == partition)
 
     def counts(self, current: int, since_ms: int) -> tuple[int, ...]:
         """``current`` and the counts in effect at some time from ``since_ms`` on: those a
@@ -179,6 +205,7 @@ class MoveGuard:
         self._history = PartitionHistory([])
         self._loaded: set[tuple[int, int]] = set()  # (count, partition) dead letters loaded
         self._homes: dict[tuple[bytes, tuple[int, ...]], tuple[int, ...]] = {}
+        self._own_marks: list[tuple[int, int]] = []  # (mark, count) of this partition
 
     @property
     def partition_count(self) -> int | None:
@@ -199,7 +226,43 @@ class MoveGuard:
             log.info("partition count marked topic=%s partition=%d partitions=%d mark=%d "
                      "previous=%s", self._topic, self._partition, count, mark, self._count)
         self._count, self._history = count, history
+        self._own_marks = history.marks_of(self._partition)
         self._homes.clear()
+
+    def forward_targets(self, records: Sequence[SourceRecord]) -> list[Forward]:
+        """The records of ``records`` this partition does not decide, each with the partition
+        that does (see the module): planned under a count that superseded an earlier one, less
+        than the retry window (plus the disorder slack) after it took effect, with an event
+        identity, not a replay, and their account's partition under that count is another.
+        Call ``observe`` first. Empty on a topic that never grew (the common case)."""
+        if not self._history.grown():
+            return []
+        forwards: list[Forward] = []
+        for record in records:
+            if record.key is None or record.replay_of is not None:
+                continue
+            count = self._count_at(record.offset)
+            took_effect = None if count is None else self._history.took_effect(count)
+            if (count is None or took_effect is None or record.accepted_at_ms is None
+                    or window_since(record.accepted_at_ms, self._window_s) > took_effect):
+                continue  # no copy routed by an earlier count can be in its window
+            (home,) = self._homes_of(record.key, (count,))
+            if home != self._partition and event_key(record.value) is not None:
+                forwards.append(Forward(record, home))
+        if forwards:
+            log.info("records handed to their account's partition topic=%s partition=%d "
+                     "count=%d first_offset=%d", self._topic, self._partition, len(forwards),
+                     forwards[0].record.offset)
+        return forwards
+
+    def _count_at(self, offset: int) -> int | None:
+        """The count this partition planned ``offset`` under (None: before its first mark)."""
+        found: int | None = None
+        for mark, count in self._own_marks:
+            if mark > offset:
+                break
+            found = count
+        return found
 
     def prepare(self, records: Sequence[SourceRecord], window: DedupWindow,
                 stopping: StopCheck, before_waiting: Callable[[], None]) -> int:

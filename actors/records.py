@@ -35,6 +35,14 @@ class SourceRecord(msgspec.Struct, frozen=True, gc=False):
         return len(self.value or b"") + len(self.key or b"")
 
 
+class Forward(msgspec.Struct, frozen=True, gc=False):
+    """A record its partition does not decide: it goes to ``partition``, its account's
+    partition under the count it was planned under (``actors.partition_moves``)."""
+
+    record: SourceRecord
+    partition: int
+
+
 def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> ParsedHeaders:
     """``(headers, request id, accepted-at ms, replay of)`` from a record's headers as
     confluent-kafka returns them. The headers are kept as they are (a header may have a None

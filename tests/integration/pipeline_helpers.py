@@ -102,8 +102,11 @@ def local_stack_settings(state_dir: Path) -> Settings:
     })
 
 
-def produce_events(conn: KafkaConnection, topic: str, events: Sequence[Event]) -> None:
-    """Produce as the gateway does (key, value and headers), acks=all, every record confirmed."""
+def produce_events(conn: KafkaConnection, topic: str, events: Sequence[Event], *,
+                   partition: int | None = None) -> None:
+    """Produce as the gateway does (key, value and headers), acks=all, every record confirmed;
+    to ``partition`` when given (a producer routing by a partition count it has not
+    refreshed), else by the key."""
     codec = EventCodec()
     producer = Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
                          "linger.ms": 5, "partitioner": "murmur2_random"})
@@ -113,6 +116,7 @@ def produce_events(conn: KafkaConnection, topic: str, events: Sequence[Event]) -
     for event in events:
         producer.produce(
             topic, key=event.account_id.encode(), value=codec.encode(event),
+            **({} if partition is None else {"partition": partition}),
             headers=[(HEADER_CONTENT_TYPE, RECORD_CONTENT_TYPE.encode()),
                      (HEADER_REQUEST_ID, request_id), (HEADER_ACCEPTED_AT_MS, accepted)],
             on_delivery=lambda err, _msg: failures.append(err) if err is not None else None,

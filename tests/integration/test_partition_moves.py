@@ -132,3 +132,20 @@ def test_retries_after_partitions_were_added_are_dropped_on_the_new_partition(
     status = get_status(config)
     assert status is not None
     assert {p.partition: p.duplicates for p in status.partitions}[2] == 2
+
+    # A producer that has not refreshed its metadata still routes by 2 partitions: an invalid
+    # and a valid event of the moved account reach partition 0 after its mark, and their
+    # retries (a refreshed producer) partition 2. One partition decides each event. Before
+    # partition 0 handed such records on, partition 2 had loaded 0's dead letters once per
+    # count and dead-lettered the retry a second time.
+    late_invalid = payment(moving, f"e-{tag}-5", currency="XYZ")
+    late_valid = payment(moving, f"e-{tag}-6")
+    produce_events(config.kafka, config.topics.events, [late_invalid, late_valid], partition=0)
+    wait_until_drained(config)
+    produce_events(config.kafka, config.topics.events, [late_invalid, late_valid])
+    wait_until_drained(config)
+    result = landed(settings)
+    assert_exactly_once(result, {(moving, written.event_id), (staying, other.event_id),
+                                 (moving, new.event_id), (moving, late_valid.event_id)},
+                        {(moving, invalid.event_id), (moving, late_invalid.event_id)})
+    assert {(e, p) for _, e, p, _ in result.rows} >= {(late_valid.event_id, 2)}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from actors.batch_plan import BatchPlan, plan_batch
 from actors.config import ValidationRules
 from actors.contract import (
@@ -212,3 +214,63 @@ def test_a_growth_older_than_the_window_moves_nothing() -> None:
     guard.observe(next_from=None)
     late = rec(0, account, "e-1", T_MS + 3_600_000 + 2 * 3_600_000)
     assert guard.prepare([late], DedupWindow(600.0), never_stop, lambda: None) == 0
+
+
+def test_records_routed_by_the_old_count_after_the_mark_go_to_their_accounts_partition(
+) -> None:
+    moving = account_moving((0, 2), (2, 3))
+    staying = account_moving((0, 2), (0, 3))
+    io = grown_io()  # partition 0 marked count 3 at offset 10, at T + 1 h
+    guard = MoveGuard("t", 0, W_S, io)
+    guard.observe(next_from=12)
+    soon = T_MS + 3_700_000
+    before_mark = rec(9, moving, "e-0", soon)  # planned under 2 partitions: decided here
+    handed_on = rec(10, moving, "e-1", soon)
+    stays = rec(11, staying, "e-2", soon)
+    replayed = msgspec.structs.replace(rec(12, moving, "e-3", soon), replay_of="0:4")
+    broken = SourceRecord(13, moving.encode(), b"{not json", (), None, soon)
+    long_after = rec(14, moving, "e-4", T_MS + 3_600_000 + int(W_S * 1000) + 11 * 60_000)
+    forwards = guard.forward_targets(
+        [before_mark, handed_on, stays, replayed, broken, long_after])
+    assert [(f.record.offset, f.partition) for f in forwards] == [(10, 2)]
+
+
+def test_a_topic_that_never_grew_hands_nothing_on() -> None:
+    io = FakeIO(2, [PartitionMark(2, 0, NOTHING_BEFORE, T_MS)])
+    guard = MoveGuard("t", 0, W_S, io)
+    guard.observe(next_from=0)
+    foreign = next(a for a in (f"acct-{i}" for i in range(100))
+                   if partition_of(a.encode(), 2) == 1)  # another partitioner's choice
+    assert guard.forward_targets([rec(0, foreign, "e-1", T_MS)]) == []
+
+
+def test_a_batch_plans_around_what_it_hands_on() -> None:
+    moving = account_moving((0, 2), (2, 3))
+    io = grown_io()
+    guard = MoveGuard("t", 0, W_S, io)
+    guard.observe(next_from=10)
+    records = [rec(10, "acct-stays", "e-1", T_MS + 3_700_000),
+               rec(11, moving, "e-2", T_MS + 3_700_000)]
+    window = DedupWindow(W_S)
+    forwards = guard.forward_targets(records)
+    result = plan_batch(records, topic="t", partition=0, next_from=10, codec=CODEC,
+                        rules=ValidationRules(),
+                        now=datetime.fromtimestamp(T_MS / 1000 + 7200, UTC), window=window,
+                        forwards=forwards)
+    stays_home = partition_of(b"acct-stays", 3) == 0
+    assert (result.batch.from_offset, result.batch.to_offset) == (10, 12)
+    assert result.consumed == 2 and result.forwards == forwards
+    assert result.valid == (1 if stays_home else 0) and not window.seen((moving, "e-2"))
+
+
+def test_a_batch_of_only_handed_on_records_still_advances_the_offset() -> None:
+    moving = account_moving((0, 2), (2, 3))
+    io = grown_io()
+    guard = MoveGuard("t", 0, W_S, io)
+    guard.observe(next_from=10)
+    records = [rec(10, moving, "e-1", T_MS + 3_700_000)]
+    result = plan_batch(records, topic="t", partition=0, next_from=10, codec=CODEC,
+                        rules=ValidationRules(),
+                        now=datetime.fromtimestamp(T_MS / 1000 + 7200, UTC),
+                        window=DedupWindow(W_S), forwards=guard.forward_targets(records))
+    assert (result.batch.to_offset, result.batch.row_count, len(result.forwards)) == (11, 0, 1)
