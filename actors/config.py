@@ -153,6 +153,10 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recovery_stall_s: PositiveFloat = 30.0
     # Logical CPUs a consumer actor reserves; small so many fit on a 2-core node.
     num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    # Bytes of memory a consumer actor reserves (Ray's ``memory`` resource; 0: none, the
+    # laptop default). A full retry window peaked at 1.24 GB RSS (2M keys + 1M dead letters,
+    # README "bench recovery"); cluster/k8s/rayjob.yaml reserves 1.5 GiB.
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_restarts: int = -1
 
 
@@ -166,6 +170,9 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pool_size: PositiveInt = 2
     max_restarts: int = -1
     num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    # Bytes of memory a sink actor reserves (Ray's ``memory`` resource; 0: none). A sink holds
+    # one batch (up to batch_max_events rows) and its encoded statement at a time.
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     retry_attempts: PositiveInt = 5
     retry_backoff_s: PositiveFloat = 0.5
     # gzip level of the connector's request bodies (it ships with 9; see

@@ -22,6 +22,9 @@ _KAFKA_TIMEOUT_S: Final = 30.0
 _IDLE_TIMEOUT_S: Final = 30.0
 
 _T = TypeVar("_T")
+# group.id prefix of the dead-letter readers `eventray dlq` opens (each a unique group; a
+# KafkaUser's ACLs name the prefix: cluster/k8s/kafka-user.yaml).
+CLI_GROUP_PREFIX: Final = "eventray-dlq-cli-"
 
 
 class DeadLetterReader:
@@ -36,7 +39,7 @@ class DeadLetterReader:
         conf.update({
             # assign() only: the group is never joined or committed; unique, so two
             # operators' reads never meet in one.
-            "group.id": f"eventray-dlq-cli-{uuid.uuid4().hex[:8]}",
+            "group.id": f"{CLI_GROUP_PREFIX}{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",

@@ -17,6 +17,9 @@ from actors.exceptions import KafkaDeliveryError
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S: Final = 15.0
+# The group.id of the short-lived consumer that reads end offsets (never joined or committed;
+# a KafkaUser's ACLs name it: cluster/k8s/kafka-user.yaml).
+ADMIN_OFFSETS_GROUP: Final = "eventray-admin-offsets"
 
 
 def _admin(conn: KafkaConnection) -> Any:
@@ -146,7 +149,7 @@ def end_offsets(conn: KafkaConnection, topic: str) -> dict[int, int]:
 
     count = partition_count(conn, topic)
     conf = conn.client_config()
-    conf.update({"group.id": "eventray-admin-offsets", "enable.auto.commit": False})
+    conf.update({"group.id": ADMIN_OFFSETS_GROUP, "enable.auto.commit": False})
     consumer = Consumer(conf)
     try:
         return {

@@ -3,7 +3,9 @@
 What ``ray job submit --working-dir . -- python -m cluster.job`` runs: load the settings,
 connect to the cluster, start the pipeline (supervisor, sinks, consumers; all detached), then
 log its status every ``--interval`` seconds until SIGTERM/SIGINT. The detached actors keep
-running after the job ends unless ``--stop-on-exit``; ``--once`` returns right after the start.
+running after the job ends unless ``--stop-on-exit``, or ``--stop-on-sigint`` and the job got
+SIGINT (the KubeRay RayJob: ``ray job stop`` sends SIGINT there, while a head pod shutting down
+must not take the pipeline with it); ``--once`` returns right after the start.
 An invalid setting, or Kafka or Snowflake not answering where the settings say
 (``cluster.preflight``), ends the job with exit code 1 and one line naming the setting.
 """
@@ -32,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--once", action="store_true", help="exit once the pipeline is ready")
     parser.add_argument("--stop-on-exit", action="store_true",
                         help="stop the pipeline's actors when the job ends")
+    parser.add_argument("--stop-on-sigint", action="store_true",
+                        help="stop the pipeline's actors when the job gets SIGINT (what `ray job "
+                             "stop` sends with RAY_JOB_STOP_SIGNAL=SIGINT); on SIGTERM, e.g. "
+                             "its node shutting down, they keep running")
     parser.add_argument("--interval", type=float, default=30.0,
                         help="seconds between status logs")
     parser.add_argument("--log-level", default="INFO")
@@ -61,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     config = settings.pipeline_config()
     settings.connect_ray()
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal=%s: leaving", signal.Signals(signum).name)
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             log.info("status\n%s", format_status(status) if status else "no supervisor")
     finally:
-        if args.stop_on_exit:
+        if args.stop_on_exit or (args.stop_on_sigint and signal.SIGINT in received):
             stop_pipeline(config)
             log.info("pipeline stopped")
         ray.shutdown()

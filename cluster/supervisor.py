@@ -410,6 +410,7 @@ class Supervisor:
             handle = SnowflakeSinkActor.options(
                 name=name, namespace=cfg.namespace, lifetime="detached", get_if_exists=True,
                 max_restarts=cfg.sink.max_restarts, num_cpus=cfg.sink.num_cpus,
+                memory=cfg.sink.memory_bytes or None,  # 0: reserve none
             ).remote(cfg.snowflake, cfg.sink, index)
         return handle
 
@@ -426,6 +427,7 @@ class Supervisor:
             handle = self._consumer_cls.options(
                 name=name, namespace=cfg.namespace, lifetime="detached", get_if_exists=True,
                 max_restarts=cfg.consumer.max_restarts, num_cpus=cfg.consumer.num_cpus,
+                memory=cfg.consumer.memory_bytes or None,  # 0: reserve none
                 max_concurrency=4, scheduling_strategy="SPREAD",
             ).remote(cfg, partition)
         return handle
