@@ -144,6 +144,16 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Size it to the partition's event rate times dedup_window_s; past it the oldest keys are
     # forgotten early, counted in eventray_dedup_evicted_early and logged.
     dedup_max_keys: PositiveInt = 2_000_000
+    # Where the window lives (docs/guarantees.md, "The retry window's bound"): "disk" is a
+    # RocksDB directory per partition (actors.window_store), bounded by disk; "memory" a dict
+    # in the actor, held to window_ram_mb (~340 bytes a key) whatever dedup_max_keys says.
+    window_store: Literal["disk", "memory"] = "disk"
+    # The disk window's root: <window_dir>/<namespace>/<topic>-<partition>; empty: the system's
+    # temporary directory's eventray-window. A node-local disk, not a shared one.
+    window_dir: str = ""
+    # RAM one consumer's window may use whatever it holds: RocksDB's block cache and memtables
+    # and the changes of the batches in flight (disk), or the whole window (memory).
+    window_ram_mb: PositiveInt = 256
     # At a (re)start the window's rows are read on the consumer's own warehouse session, this
     # many per page (memory holds one page: ~250 bytes a row, beside the window itself).
     window_page_rows: PositiveInt = 50_000

@@ -52,7 +52,7 @@ from actors.exceptions import FencedError, KafkaDeliveryError, OffsetGapError, S
 from actors.partition_moves import MoveGuard, SinkMovesIO
 from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
-from actors.recovery import RecoveryProgress, RecoveryStatus, rebuild_at_start
+from actors.recovery import RecoveryProgress, RecoveryStatus, window_at_start
 from actors.retry_window import DedupWindow
 from actors.rows import FlushResult, SinkBatch
 from actors.window_rebuild import window_since
@@ -147,6 +147,7 @@ class PartitionConsumer:
         self._epoch: int | None = None
         self._fenced = False
         self._recovery: RecoveryProgress | None = None  # the latest session's window rebuild
+        self._window: DedupWindow | None = None  # the latest session's (written after commits)
         self._thread = threading.Thread(target=self._run, name=f"eventray-{self._name}",
                                         daemon=True)
         self._offset_read = threading.Event()
@@ -397,13 +398,20 @@ class PartitionConsumer:
         (``actors.window_rebuild``), for a first batch starting with a record accepted at
         ``first_accepted_ms``. Called after the dead-letter producer fenced its predecessor,
         so the dead-letter tail read here is final. Read by this actor itself, streamed
-        (``actors.recovery``): the sink goes on writing for the other partitions it serves."""
+        (``actors.recovery``): the sink goes on writing for the other partitions it serves.
+        A window on disk that provably stands at ``committed`` is kept instead
+        (``window_at_start``)."""
         progress = RecoveryProgress()
         with self._lock:
             self._recovery = progress
+        if self._window is not None:  # the session before's: its directory is reopened
+            self._window.close()
+            self._window = None
         since_ms = window_since(first_accepted_ms, self._config.consumer.dedup_window_s)
-        return rebuild_at_start(self._config, self._partition, since_ms=since_ms,
-                                committed=committed, progress=progress)
+        self._window = window_at_start(self._config, self._partition, since_ms=since_ms,
+                                       committed=committed, progress=progress,
+                                       epochs=(self._seen_epoch, self._epoch))
+        return self._window
 
     def _note_window_full(self, window: DedupWindow) -> None:
         """Report keys the dedup window forgot early (its ``max_keys`` is too small for the
@@ -490,6 +498,8 @@ class PartitionConsumer:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending.ref = self._submit(batch)
         self._metrics.flushed(result.rows_written)
+        if self._window is not None:  # the window on disk follows the warehouse, never leads
+            self._window.persist(result.committed_offset, self._epoch)
         with self._lock:
             self._committed = result.committed_offset
             self._position = batch.to_offset

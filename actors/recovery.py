@@ -20,8 +20,10 @@ import logging
 import resource
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from typing import Final
 
 import msgspec
 
@@ -30,6 +32,7 @@ from actors.dead_letter import read_recent_keys
 from actors.retry_window import DedupWindow
 from actors.window_keys import TableKeys
 from actors.window_rebuild import stream_window
+from actors.window_store import DiskWindow, WindowStoreError
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,12 @@ class RecoveryProgress:
 
 
 def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
-                     committed: int | None, progress: RecoveryProgress) -> DedupWindow:
+                     committed: int | None, progress: RecoveryProgress,
+                     into: DedupWindow | None = None) -> DedupWindow:
     """The window as the consumer life before left it at ``committed``, keys accepted since
     ``since_ms``; call it after the dead-letter producer fenced its predecessor, so the tail
-    read is final."""
+    read is final. ``into``: the empty window to fill (a fresh one on disk), else a memory
+    window of ``dedup_max_keys``."""
     consumer = config.consumer
     topic = config.topics.events
     dead = read_recent_keys(config.kafka, config.topics.dead_letter, partition, since_ms,
@@ -99,7 +104,8 @@ def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
                    backoff_s=config.sink.retry_backoff_s) as table, closing(dead), _no_gc():
         rows = table.keys(since_ms, consumer.dedup_max_keys, progress.rows)
         window = stream_window(consumer.dedup_window_s, consumer.dedup_max_keys,
-                               since_ms=since_ms, committed=committed, table=rows, dead=dead)
+                               since_ms=since_ms, committed=committed, table=rows, dead=dead,
+                               into=into)
     done = progress.finish(window)
     log.info("retry window rebuilt topic=%s partition=%d committed=%s since_ms=%d keys=%d "
              "evicted_early=%d rows_read=%d dead_letters_read=%d seconds=%.1f "
@@ -107,6 +113,57 @@ def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
              window.evicted_early, done.rows_read, done.dead_letters_read, done.seconds,
              (done.peak_rss_bytes or 0) / 2**20)
     return window
+
+
+# Bytes a key costs the memory window (measured ~340): its RAM budget caps its keys.
+MEMORY_BYTES_PER_KEY: Final = 340
+
+
+def window_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
+                    committed: int | None, progress: RecoveryProgress,
+                    epochs: tuple[int | None, int | None]) -> DedupWindow:
+    """A consumer life's window at its first batch, in the store ``window_store`` names.
+
+    On disk, the directory a previous life or session of this partition left on this node is
+    kept when it provably stands at ``committed`` (``DiskWindow.trusted``: ``epochs`` are the
+    partition's epoch before this life took it, and this life's); otherwise it is wiped and
+    rebuilt from the warehouse and the dead-letter tail, written as it streams. In memory the
+    window is always rebuilt, and holds what ``window_ram_mb`` allows."""
+    consumer = config.consumer
+    if consumer.window_store == "memory":
+        max_keys = min(consumer.dedup_max_keys,
+                       consumer.window_ram_mb * 2**20 // MEMORY_BYTES_PER_KEY)
+        return rebuild_at_start(config, partition, since_ms=since_ms, committed=committed,
+                                progress=progress,
+                                into=DedupWindow(consumer.dedup_window_s, max_keys))
+    try:
+        disk = DiskWindow.open(config, partition)
+    except WindowStoreError as exc:  # its lock is held: a fenced predecessor still alive here
+        private = uuid.uuid4().hex[:12]
+        log.warning("retry window directory busy topic=%s partition=%d: %s; rebuilding in a "
+                    "directory of this life's own (.%s)", config.topics.events, partition, exc,
+                    private)
+        disk = DiskWindow.open(config, partition, private=private)
+    if disk.trusted(committed, epochs):
+        done = progress.finish(disk)
+        log.info("retry window kept from disk topic=%s partition=%d committed=%s keys=%d "
+                 "path=%s seconds=%.1f", config.topics.events, partition, committed, len(disk),
+                 disk.path, done.seconds)
+        return disk
+    state = disk.state
+    log.info("retry window on disk not trusted, rebuilding topic=%s partition=%d committed=%s "
+             "stored_offset=%s stored_epoch=%s consistent=%s epochs=%s path=%s",
+             config.topics.events, partition, committed, state.offset, state.epoch,
+             state.consistent, epochs, disk.path)
+    try:
+        disk.fresh()
+        rebuild_at_start(config, partition, since_ms=since_ms, committed=committed,
+                         progress=progress, into=disk)
+        disk.restored(committed, epochs[-1])
+    except BaseException:
+        disk.close()
+        raise
+    return disk
 
 
 @contextmanager

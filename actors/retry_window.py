@@ -141,6 +141,20 @@ class DedupWindow:
                 evicted += 1
         return evicted
 
+    # The batch rhythm: a window on disk (``actors.window_store``) writes what a planned batch
+    # changed once its write committed; the memory window has nothing to write.
+
+    def seal(self, to_offset: int) -> None:
+        """The changes since the last seal belong to the batch ending at ``to_offset``."""
+
+    def persist(self, committed: int, epoch: int | None) -> int:
+        """The batches up to ``committed`` were written in the warehouse; returns how many
+        batches' changes were written (none here)."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the window holds outside the process's memory (nothing here)."""
+
     def _forget_oldest(self) -> None:
         held, order = self._held, self._order
         while order:

@@ -39,25 +39,26 @@ def window_since(first_accepted_ms: int, window_s: float) -> int:
 
 def rebuild_window(window_s: float, max_keys: int | None, *, since_ms: int,
                    committed: int | None, table: Iterable[DecidedKey],
-                   dead: Iterable[DecidedKey]) -> DedupWindow:
+                   dead: Iterable[DecidedKey], into: DedupWindow | None = None) -> DedupWindow:
     """The window the consumer had at offset ``committed``: the keys of the ``table``'s rows
     and of the ``dead`` letters below it accepted at or after ``since_ms``, added in offset
     order (a replay key before its record's event key, as ``plan_batch`` adds them). Either
     may come in any order; ``stream_window`` takes them already in order, without a list."""
     return stream_window(window_s, max_keys, since_ms=since_ms, committed=committed,
                          table=sorted(table, key=window_order),
-                         dead=sorted(dead, key=window_order))
+                         dead=sorted(dead, key=window_order), into=into)
 
 
 def stream_window(window_s: float, max_keys: int | None, *, since_ms: int,
                   committed: int | None, table: Iterable[DecidedKey],
-                  dead: Iterable[DecidedKey]) -> DedupWindow:
+                  dead: Iterable[DecidedKey], into: DedupWindow | None = None) -> DedupWindow:
     """``rebuild_window`` from two streams each in ``window_order`` (the table's rows by
     offset, the dead-letter tail as read), merged as they come: memory holds the window and
     what each stream buffers, never all the keys read. Equal keys keep the table's first, as a
-    stable sort of both would."""
+    stable sort of both would. ``into``: an empty window to fill (a fresh window on disk)
+    instead of a new memory one."""
     floor = committed if committed is not None else 0  # never written: all planned again
-    window = DedupWindow(window_s, max_keys)
+    window = into if into is not None else DedupWindow(window_s, max_keys)
     rows = _in_order(table, "rows")
     below = (d for d in _in_order(dead, "dead letters") if d.offset < floor)
     for decided in heapq.merge(rows, below, key=window_order):

@@ -15,13 +15,21 @@ from the dead-letter tail (``recovered_from``), and at its first batch a window 
 its dead letters (``decided_keys`` over the records ``dead_letter_headers`` made, read from
 ``window_since`` on like ``read_recent_keys``). Lives plan later than the first pass, each
 with its own batching.
+
+The window on disk (``actors.window_store``, issue 13) runs the same lives: each life writes
+its window's changes after each committed batch, and the next one keeps the directory when it
+provably stands at the committed offset (same node, no other life in between), else rebuilds
+it into a fresh one (a crash before the window caught up with the warehouse, or a move to
+another node). A kept window must hold exactly what a rebuild would.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,6 +52,7 @@ from actors.retry_window import DecidedKey, DedupWindow, replay_key
 from actors.rows import row_field_index
 from actors.validation import reason_code
 from actors.window_rebuild import rebuild_window, window_since
+from actors.window_store import DiskWindow
 
 TOPIC, PARTITION = "events", 0
 WINDOW_S = 60.0
@@ -190,18 +199,29 @@ class Crash(Exception):  # noqa: N818 - what it models
     pass
 
 
+@dataclass(frozen=True)
+class Node:
+    """Where a life runs with a window on disk: its window directory and this life's owner
+    epoch (the life before had ``epoch - 1``)."""
+
+    path: Path
+    epoch: int
+
+
 class Life:
     """One consumer life: plans, publishes, writes (one batch in flight) until the records
     run out or its crash step comes."""
 
     def __init__(self, store: Store, records: list[SourceRecord], sizes: list[int],
-                 delay_ms: int, crash_at: int | None) -> None:
+                 delay_ms: int, crash_at: int | None, node: Node | None = None) -> None:
         self.store, self.sizes, self.delay_ms, self.crash_at = store, sizes, delay_ms, crash_at
         committed = store.committed
         self.todo = [r for r in records if committed is None or r.offset >= committed]
         self.recovered = store.recovered()
         self.watermark = self.recovered.watermark  # the dead-letter producer's
         self.window: DedupWindow | None = None
+        self.node = node
+        self.kept = False  # the window on disk was kept, not rebuilt
         self.steps = 0
 
     def step(self) -> None:
@@ -227,12 +247,18 @@ class Life:
             self.publish(plan, batch)
             self.step()
             if pending is not None:
-                self.store.write(pending)
-                self.step()
+                self.write(pending)
             pending = plan
         if pending is not None:
-            self.store.write(pending)
-            self.step()
+            self.write(pending)
+
+    def write(self, plan: BatchPlan) -> None:
+        """The sink's write; a crash may come before the window on disk follows it."""
+        self.store.write(plan)
+        self.step()
+        if self.window is not None and self.node is not None:
+            assert self.store.committed is not None
+            self.window.persist(self.store.committed, self.node.epoch)
 
     def now_ms(self, batch: list[SourceRecord]) -> int:
         return max(r.accepted_at_ms or 0 for r in batch) + self.delay_ms
@@ -251,9 +277,29 @@ class Life:
 
     def rebuild(self, first_accepted_ms: int) -> DedupWindow:
         since = window_since(first_accepted_ms, WINDOW_S)
-        return rebuild_window(WINDOW_S, None, since_ms=since, committed=self.store.committed,
-                              table=self.store.recent_keys(since),
-                              dead=self.store.recent_dead_keys(since))
+        committed = self.store.committed
+        rebuilt = rebuild_window(WINDOW_S, None, since_ms=since, committed=committed,
+                                 table=self.store.recent_keys(since),
+                                 dead=self.store.recent_dead_keys(since))
+        if self.node is None:
+            return rebuilt
+        disk = DiskWindow(WINDOW_S, None, path=self.node.path, identity=TOPIC,
+                          ram_bytes=4 << 20)
+        if disk.trusted(committed, (self.node.epoch - 1, self.node.epoch)):
+            self.kept = True
+            assert held(disk, since) == held(rebuilt, since), "a kept window is a rebuilt one"
+            return disk
+        disk.fresh()
+        rebuild_window(WINDOW_S, None, since_ms=since, committed=committed,
+                       table=self.store.recent_keys(since),
+                       dead=self.store.recent_dead_keys(since), into=disk)
+        disk.restored(committed, self.node.epoch)
+        return disk
+
+    def close(self) -> None:
+        """The process ends: what the window on disk did not persist is lost."""
+        if self.window is not None:
+            self.window.close()
 
     def publish(self, plan: BatchPlan, batch: list[SourceRecord]) -> None:
         """``DeadLetterProducer.publish``: one transaction of the letters past its watermark."""
@@ -266,17 +312,37 @@ class Life:
             self.watermark = max(d.source_offset for d in fresh)
 
 
-def run(records: list[SourceRecord], lives: list[tuple[list[int], int, int | None]]) -> Store:
+def held(window: DedupWindow, since_ms: int) -> set[tuple[object, ...]]:
+    """The keys ``window`` holds accepted at/after ``since_ms``: (key, accept time, dead)."""
+    if isinstance(window, DiskWindow):
+        return {(key, at, dead) for key, at, dead in window.keys_in() if at >= since_ms}
+    return {(key, at, key in window._dead) for key, at in window._held.items()
+            if at >= since_ms}
+
+
+def run(records: list[SourceRecord], lives: list[tuple[list[int], int, int | None]],
+        disk: Path | None = None, moves: tuple[bool, ...] = ()) -> Store:
     """Run lives (batch sizes, how much later than accept they plan, the step they crash at)
-    until one ends without crashing; the last one never crashes."""
+    until one ends without crashing; the last one never crashes. ``disk``: with the window on
+    disk under it; a life whose ``moves`` entry is True runs on another node (a new
+    directory)."""
     store = Store()
+    node = 0
     for number, (sizes, delay_ms, crash_at) in enumerate(lives):
         last = number == len(lives) - 1
+        if number < len(moves) and moves[number]:
+            node += 1
+        where = None if disk is None else Node(disk / f"node-{node}", number + 1)
+        life = Life(store, records, sizes, delay_ms, None if last else crash_at, where)
         try:
-            Life(store, records, sizes, delay_ms, None if last else crash_at).run()
+            life.run()
         except Crash:
             event(f"crashed {number + 1}x")
             continue
+        finally:
+            life.close()
+            if life.kept:
+                event("window kept from disk")
         break
     return store
 
@@ -294,5 +360,21 @@ def test_a_crash_at_any_point_ends_like_a_run_without_it(
     records = records_of(log)
     uncrashed = run(records, [(first, 1_000, None)])
     crashed = run(records, [*crashing, (first, 1_000, None)])
+    assert crashed.committed == uncrashed.committed == len(records)
+    assert crashed.outcome() == uncrashed.outcome()
+
+
+@settings(max_examples=250, deadline=None)
+@given(log=st.lists(specs, min_size=1, max_size=30), first=sizes, crashing=lives,
+       moves=st.lists(st.sampled_from([False, False, False, True]), max_size=4),
+       log_size=st.integers(8, 30))
+def test_with_the_window_on_disk_a_crash_at_any_point_ends_like_a_run_without_it(
+        log: list[Spec], first: list[int], crashing: list[tuple[list[int], int, int | None]],
+        moves: list[bool], log_size: int,
+) -> None:
+    records = records_of((log * log_size)[:max(len(log), log_size)])
+    uncrashed = run(records, [(first, 1_000, None)])
+    with tempfile.TemporaryDirectory(prefix="eventray-window-") as disk:
+        crashed = run(records, [*crashing, (first, 1_000, None)], Path(disk), tuple(moves))
     assert crashed.committed == uncrashed.committed == len(records)
     assert crashed.outcome() == uncrashed.outcome()
