@@ -200,6 +200,34 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     statement_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The supervisor's scaling policy for the sink pool (``cluster.autoscale_policy``); read by
+    the supervisor alone. Off: the pool keeps ``sink.pool_size``. On: ``sink.pool_size`` is
+    the size a new pipeline starts with, and the policy moves it within the bounds."""
+
+    enabled: bool = False
+    # Add sinks when the backlog (every partition's lag) would take longer than this to commit
+    # at the rate of the last 30 s.
+    target_drain_s: PositiveFloat = 30.0
+    # Bounds of the pool; max_sinks is also bounded by the partition count (a partition's
+    # writes go through one sink at a time, so more sinks than partitions would idle).
+    min_sinks: PositiveInt = 1
+    max_sinks: PositiveInt = 8
+    # No change within this long of the last one: each change moves partitions, and a new
+    # sink may wait for a node to start (minutes on Kubernetes).
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Add sinks only while the busiest sink writes at least this share of the time: below it
+    # the sinks are not what holds the backlog up, and more would not drain it faster.
+    scale_up_busy: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    # Remove a sink when the backlog drains within scale_down_drain_share * target_drain_s and
+    # the sinks, one fewer, would be busy less than scale_down_busy of the time on average.
+    # The gap between the two thresholds is the hysteresis that keeps the pool from flapping.
+    scale_down_busy: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+    scale_down_drain_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    # One step up at most multiplies the pool by this (down: one sink per step).
+    max_step_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+
+
 class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the actors need, handed to the supervisor and on to each actor."""
 
@@ -213,3 +241,5 @@ class PipelineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reconcile_interval_s: PositiveFloat = 2.0
     # How often the supervisor samples lag and sets its gauges (lag, drain time, pool size).
     metrics_interval_s: PositiveFloat = 5.0
+    # The sink pool's scaling policy (read by the supervisor alone).
+    autoscale: AutoscaleConfig = AutoscaleConfig()

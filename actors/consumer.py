@@ -9,8 +9,10 @@ itself, ``assign()``s its one partition (no group rebalancing) and runs a loop i
    business rules. After partitions were added, the window first learns what the partitions
    a batch's accounts went to before decided about them (``actors.partition_moves``);
 3. dead-letter the invalid records in one Kafka transaction (``actors.dead_letter``);
-4. send the rows to its sink (``sink:<p % pool_size>``) as one ``SinkBatch``; only one batch is
-   in flight, and the next one is consumed and planned while it is written;
+4. send the rows to its sink as one ``SinkBatch``; only one batch is in flight, and the next
+   one is consumed and planned while it is written. Which sink is the supervisor's to say
+   (``use_sink``; ``sink:<p % pool_size>`` until it does): the consumer moves to another sink
+   only with no batch in flight, so a partition's writes never overlap;
 5. after the write committed, commit the consumer-group offset (for lag tools only).
 
 Exactly once: the warehouse's offsets table is the authoritative position. At (re)start the
@@ -78,7 +80,8 @@ def sink_name(index: int) -> str:
 
 
 def sink_index(partition: int, pool_size: int) -> int:
-    """Partition p always writes through sink ``p % pool_size``, which serializes its writes."""
+    """The sink a fresh pool of ``pool_size`` gives partition p (``cluster.sink_assignment``
+    keeps the assignment afterwards; ``ConsumerStatus.sink`` says where it writes now)."""
     return partition % pool_size
 
 
@@ -119,14 +122,16 @@ class _InFlight:
 class PartitionConsumer:
     """Consumes one partition into its sink; the loop starts with the actor (and restarts)."""
 
-    def __init__(self, config: PipelineConfig, partition: int) -> None:
+    def __init__(self, config: PipelineConfig, partition: int, sink: int | None = None) -> None:
         import ray
 
         self._config = config
         self._topic = config.topics.events
         self._partition = partition
         self._name = consumer_name(self._topic, partition)
-        self._sink_name = sink_name(sink_index(partition, config.sink.pool_size))
+        index = sink_index(partition, config.sink.pool_size) if sink is None else sink
+        self._sink_name = sink_name(index)
+        self._wanted_sink = self._sink_name  # use_sink's; taken with no batch in flight
         self._node_id = ray.get_runtime_context().get_node_id()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -184,6 +189,13 @@ class PartitionConsumer:
                 fenced=self._fenced,
                 recovery=None if self._recovery is None else self._recovery.snapshot(),
             )
+
+    def use_sink(self, index: int) -> None:
+        """Write through ``sink:<index>`` from the next batch on (the supervisor moves
+        partitions between sinks). Taken when no batch is in flight, so ``status().sink``
+        naming the new sink means nothing of this consumer is left on the old one."""
+        with self._lock:
+            self._wanted_sink = sink_name(index)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Finish the batch in flight and stop; True when the loop ended in time."""
@@ -280,7 +292,18 @@ class PartitionConsumer:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
+    def _follow_sink(self) -> None:
+        """Take the sink ``use_sink`` named; call only with no batch in flight (or after the
+        one in flight failed)."""
+        with self._lock:
+            if self._wanted_sink == self._sink_name:
+                return
+            log.info("consumer moves name=%s sink=%s->%s", self._name, self._sink_name,
+                     self._wanted_sink)
+            self._sink_name, self._sink_handle = self._wanted_sink, None
+
     def _note_retry(self, exc: BaseException, backoff: float) -> None:
+        self._follow_sink()  # the call failed: nothing of ours is in flight on that sink
         self._sink_handle = None  # the supervisor may have replaced the actor: look it up again
         with self._lock:
             self._last_error = f"{type(exc).__name__}: {exc}"
@@ -344,6 +367,8 @@ class PartitionConsumer:
             if pending is not None and _ready(pending.ref):
                 self._finish(pending, consumer)
                 pending = None
+            if pending is None:
+                self._follow_sink()  # idle: move now, not at the next batch
             msgs = consumer.consume(num_messages=max(acc.room, 1),
                                     timeout=cfg.consumer.poll_timeout_s)
             records, nbytes = self._records(reader, msgs)
@@ -463,8 +488,10 @@ class PartitionConsumer:
         return _InFlight(plan, self._submit(plan.batch), time.monotonic())
 
     def _submit(self, batch: SinkBatch) -> Any:
+        """Send ``batch`` to the sink; called only with no other batch in flight."""
         from ray.exceptions import RayActorError
 
+        self._follow_sink()
         backoff = self._config.sink.retry_backoff_s
         while True:
             try:

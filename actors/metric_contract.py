@@ -99,7 +99,25 @@ PARTITION_DRAIN_SECONDS: Final = MetricSpec(
     "-1 when lagging without progress.", "supervisor")
 SINK_POOL_SIZE: Final = MetricSpec(
     "eventray_sink_pool_size", "gauge", (),
-    "Sink actors the supervisor keeps.", "supervisor")
+    "Sink actors the supervisor keeps (not counting retiring ones whose partitions are moving "
+    "away).", "supervisor")
+SINK_BUSY_RATIO: Final = MetricSpec(
+    "eventray_sink_busy_ratio", "gauge", ("sink",),
+    "Share of the last 15 s the sink spent writing (its own count of seconds in `write`, "
+    "sampled by the supervisor): the scaling policy's busy time.", "supervisor")
+PIPELINE_DRAIN_SECONDS: Final = MetricSpec(
+    "eventray_pipeline_drain_seconds", "gauge", (),
+    "Every partition's lag divided by the offsets committed per second over the last 30 s: "
+    "what the scaling policy compares with `target_drain_s`; 0 when caught up, -1 when "
+    "lagging without progress.", "supervisor")
+AUTOSCALE_DESIRED_SINKS: Final = MetricSpec(
+    "eventray_autoscale_desired_sinks", "gauge", (),
+    "The sink pool size the scaling policy's last decision asked for (the pool size itself "
+    "while autoscaling is off).", "supervisor")
+AUTOSCALE_DECISION: Final = MetricSpec(
+    "eventray_autoscale_decision", "gauge", (),
+    "The scaling policy's last decision: 1 grow, -1 shrink, 0 hold (0 while autoscaling is "
+    "off). Each decision is also logged with its inputs.", "supervisor")
 
 CONTRACT: Final[tuple[MetricSpec, ...]] = (
     GATEWAY_REQUESTS, GATEWAY_EVENTS_ACCEPTED, GATEWAY_EVENTS_REFUSED, GATEWAY_PRODUCE_LATENCY,
@@ -107,7 +125,8 @@ CONTRACT: Final[tuple[MetricSpec, ...]] = (
     EVENTS_CONSUMED, EVENTS_VALIDATED, EVENTS_REJECTED, EVENTS_DUPLICATE, DEDUP_EVICTED_EARLY,
     SINK_ROWS,
     SINK_WRITE_SECONDS,
-    PARTITION_LAG, PARTITION_DRAIN_SECONDS, SINK_POOL_SIZE,
+    PARTITION_LAG, PARTITION_DRAIN_SECONDS, SINK_POOL_SIZE, SINK_BUSY_RATIO,
+    PIPELINE_DRAIN_SECONDS, AUTOSCALE_DESIRED_SINKS, AUTOSCALE_DECISION,
 )
 
 EMITTERS: Final[dict[Emitter, str]] = {

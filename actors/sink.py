@@ -50,6 +50,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
+import msgspec
 import ray
 import snowflake.connector
 from snowflake.connector import errors as sf_errors
@@ -601,6 +602,14 @@ def _rows_changed(cursor: Any) -> int:
     return int(row[0]) if row else 0
 
 
+class SinkLoad(msgspec.Struct, frozen=True):
+    """A sink's answer to ``load``."""
+
+    node_id: str
+    busy_s: float  # wall seconds spent in write() since the actor (re)started
+    writes: int
+
+
 class SnowflakeSink:
     """The sink actor body. Keep it a SYNCHRONOUS actor: calls are serialised, which the
     exactly-once design relies on. The connection is made inside the actor, from config."""
@@ -609,26 +618,31 @@ class SnowflakeSink:
                  index: int | None = None) -> None:
         self._writer = SnowflakeWriter(config, sink)
         self._index = index
-        self._pool_size = sink.pool_size
         # (topic, partition) written through this sink; replaced, never mutated, so that
         # __repr__ may read it from another thread.
         self._written: frozenset[tuple[str, int]] = frozenset()
         self._metrics = _actor_metrics()
+        self._busy_s = 0.0  # wall seconds inside write(), failed writes included
+        self._writes = 0
 
     def __repr__(self) -> str:
-        """``sink(1 pool=2 partitions=p%2==1 wrote=events/1,3)``; no Ray calls."""
+        """``sink(1 wrote=events/1,3)``; no Ray calls. Which partitions it serves is the
+        supervisor's to say (``eventray status``): they move between sinks."""
         if "_written" not in self.__dict__:  # __init__ failed before it got that far
             return "sink(not started)"
         if self._index is None:
-            return f"sink(pool={self._pool_size} wrote={_partitions_text(self._written)})"
-        return (f"sink({self._index} pool={self._pool_size} "
-                f"partitions=p%{self._pool_size}=={self._index} "
-                f"wrote={_partitions_text(self._written)})")
+            return f"sink(wrote={_partitions_text(self._written)})"
+        return f"sink({self._index} wrote={_partitions_text(self._written)})"
 
     def ping(self) -> str:
         """The node id the actor runs on (liveness and placement checks)."""
         node_id: str = ray.get_runtime_context().get_node_id()
         return node_id
+
+    def load(self) -> SinkLoad:
+        """Where the sink runs and the seconds it spent writing since it started: the
+        supervisor's samples of it give each sink's busy share (``cluster.autoscale_policy``)."""
+        return SinkLoad(node_id=self.ping(), busy_s=self._busy_s, writes=self._writes)
 
     def ensure_tables(self, topic: str | None = None, partitions: int = 0) -> None:
         self._writer.ensure_tables(topic, partitions)
@@ -640,7 +654,12 @@ class SnowflakeSink:
         return self._writer.owner_epoch(topic, partition)
 
     def write(self, batch: SinkBatch, epoch: int) -> FlushResult:
-        result = self._writer.write(batch, epoch)
+        started = time.monotonic()
+        try:
+            result = self._writer.write(batch, epoch)
+        finally:
+            self._busy_s += time.monotonic() - started
+            self._writes += 1
         if self._metrics is not None:
             self._metrics.wrote(batch.topic, batch.partition, result.seconds)
         if (batch.topic, batch.partition) not in self._written:

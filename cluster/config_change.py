@@ -11,9 +11,10 @@ the settings file) and sorts it into one of three kinds.
   that does not know its offsets. Topic shape settings are read only when topics are created.
   Changing any of these is an explicit act: stop the pipeline, then start it.
 * **Supervisor only** (``SUPERVISOR_ONLY``): read by the supervisor alone; the supervisor is
-  replaced, the consumers and sinks keep running.
-* **Everything else** (pool size, batching, rules, credentials, ...): applied by replacing
-  the supervisor, every consumer and every sink, in order (``cluster.supervisor``).
+  replaced, the consumers and sinks keep running. The sink pool's size and its scaling policy
+  are among them: the new supervisor resizes the running pool online (``cluster.sink_pool``).
+* **Everything else** (batching, rules, credentials, actor resources, ...): applied by
+  replacing the supervisor, every consumer and every sink, in order (``cluster.supervisor``).
 
 Secrets are compared by digest: a rotated password is a change, and no value is ever shown.
 """
@@ -52,9 +53,11 @@ REFUSED: Final[dict[str, str]] = {
     "snowflake.offsets_table": _DATA,
     "snowflake.owners_table": "each partition's owner epoch is kept there",
 }
-# Settings only the supervisor reads (topics.durability: the start-time topic check).
+# Settings (or section prefixes) only the supervisor reads (topics.durability: the start-time
+# topic check; the pool size and the scaling policy: cluster.sink_pool applies them online).
 SUPERVISOR_ONLY: Final = frozenset({"pipeline.reconcile_interval_s",
-                                    "pipeline.metrics_interval_s", "topics.durability"})
+                                    "pipeline.metrics_interval_s", "topics.durability",
+                                    "pipeline.sink.pool_size", "pipeline.autoscale"})
 
 
 class ConfigChangeRefusedError(ConfigError):
@@ -68,7 +71,7 @@ class ConfigChange(msgspec.Struct, frozen=True):
     @property
     def replaces_actors(self) -> bool:
         """Whether consumers and sinks must be re-created (not only the supervisor)."""
-        return any(name not in SUPERVISOR_ONLY for name in self.changed)
+        return any(not _supervisor_only(name) for name in self.changed)
 
 
 def config_change(running: PipelineConfig, wanted: PipelineConfig) -> ConfigChange:
@@ -88,6 +91,10 @@ def refusal_message(change: ConfigChange, namespace: str) -> str:
     return (f"the pipeline in namespace {namespace} runs with other settings that cannot "
             f"change while it runs: {reasons}{also}. Nothing was changed: {_STOP_FIRST}, or "
             f"start it with the running values")
+
+
+def _supervisor_only(name: str) -> bool:
+    return any(name == key or name.startswith(key + ".") for key in SUPERVISOR_ONLY)
 
 
 def _refusal(name: str) -> str | None:

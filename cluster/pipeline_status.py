@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cluster.settings import Settings
-from cluster.supervisor import PipelineStatus, get_status
+from cluster.supervisor import AutoscaleStatus, PipelineStatus, SinkStatus, get_status
 
 _COLUMNS = ("PARTITION", "OWNER", "STATE", "NODE", "COMMITTED", "END", "LAG", "ROWS/S",
             "LAST ERROR")
+_SINK_COLUMNS = ("SINK", "STATE", "NODE", "BUSY S", "PARTITIONS")
 _ERROR_WIDTH = 60
 
 
@@ -17,23 +19,55 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(col), *(len(r[i]) for r in rows)) if rows else len(col)
+              for i, col in enumerate(columns)]
+    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return lines
+
+
+def format_sinks(status: PipelineStatus) -> list[str]:
+    """The pool line, one line per sink with the partitions writing through it, and the
+    scaling policy's last decision with its reason."""
+    def row(s: SinkStatus) -> tuple[str, ...]:
+        busy = "-" if s.busy_s is None else f"{s.busy_s:.1f}"
+        return (s.name, s.state, (s.node_id or "-")[:12], busy,
+                ",".join(map(str, s.partitions)) or "-")
+
+    lines = [f"sink pool: size={status.pool_size} {_autoscale_text(status.autoscale)}"]
+    lines += ["  " + line for line in _table(_SINK_COLUMNS, [row(s) for s in status.sinks])]
+    decision = status.autoscale.decision if status.autoscale else None
+    if decision is not None and status.autoscale is not None:
+        at = status.autoscale.decided_at
+        when = ("" if at is None else
+                f" at {datetime.fromtimestamp(at, UTC).isoformat(timespec='seconds')}")
+        lines.append(f"autoscale: last decision{when}: {decision.action} "
+                     f"{decision.inputs.pool_size}->{decision.size} ({decision.rule}): "
+                     f"{decision.reason}")
+    return lines
+
+
+def _autoscale_text(autoscale: AutoscaleStatus | None) -> str:
+    if autoscale is None or not autoscale.enabled:
+        return "(autoscale off)"
+    return "(autoscale on)"
+
+
 def format_status(status: PipelineStatus) -> str:
-    """A fixed-width table, one line per partition, then sinks and totals."""
+    """A fixed-width table, one line per partition, then the sinks (the pool's size, each
+    sink's partitions, the scaling policy's last decision) and totals."""
     rows = [
         (str(p.partition), p.owner, p.state, (p.node_id or "-")[:12], _cell(p.committed_offset),
          _cell(p.end_offset), _cell(p.lag), f"{p.rows_per_s:.0f}",
          (p.last_error or "").replace("\n", " ")[:_ERROR_WIDTH])
         for p in status.partitions
     ]
-    widths = [max(len(col), *(len(r[i]) for r in rows)) if rows else len(col)
-              for i, col in enumerate(_COLUMNS)]
     lines = [f"pipeline topic={status.topic} namespace={status.namespace}"]
-    lines.append("  ".join(col.ljust(w) for col, w in zip(_COLUMNS, widths, strict=True)))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
-    sinks = ", ".join(f"{s.name}={s.state}@{(s.node_id or '-')[:12]}" for s in status.sinks)
+    lines += _table(_COLUMNS, rows)
+    lines += format_sinks(status)
     t = status.totals
-    lines.append(f"sinks: {sinks or '-'}")
     lines.append(f"totals: partitions={t.partitions} running={t.running} lag={t.lag} "
                  f"rows/s={t.rows_per_s:.0f} rows_written={t.rows_written} "
                  f"dead_lettered={t.dead_lettered} duplicates={t.duplicates}")

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 
 from actors.config import (
+    AutoscaleConfig,
     ConsumerConfig,
     KafkaConnection,
     PipelineConfig,
@@ -93,6 +94,7 @@ class PipelineSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: ValidationRules = ValidationRules()
     reconcile_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     metrics_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    autoscale: AutoscaleConfig = AutoscaleConfig()
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -121,6 +123,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             kafka=self.kafka, topics=self.topics, snowflake=self.snowflake,
             consumer=p.consumer, sink=p.sink, rules=p.rules, namespace=self.ray.namespace,
             reconcile_interval_s=p.reconcile_interval_s, metrics_interval_s=p.metrics_interval_s,
+            autoscale=p.autoscale,
         )
 
     def connect_ray(self, **kwargs: Any) -> Any:

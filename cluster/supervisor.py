@@ -4,9 +4,14 @@
 (``eventray-supervisor`` in ``config.namespace``), which
 
 * ensures the events and dead-letter topics (the DLQ grown to the source's partition count);
-* creates the sink pool (``sink:<i>``, detached, restartable) and its tables once;
+* creates the sink pool (``sink:<i>``, detached, restartable) and its tables once, and keeps
+  which partition writes through which sink (``cluster.sink_pool``): a pool size changed by a
+  new start or by the scaling policy is applied online, partitions moving between live sinks;
 * creates one ``PartitionConsumer`` per partition (``consumer:<topic>:<p>``, detached,
   restartable, spread over the nodes);
+* every ``metrics_interval_s`` exports lag, drain time and pool size, and, with
+  ``pipeline.autoscale.enabled``, asks the scaling policy (``cluster.autoscale_policy``) for
+  the pool's size, logging and exporting each decision;
 * reconciles every ``reconcile_interval_s``: an actor that is dead for good (restarts exhausted,
   or killed for good) has lost its name and is re-created; a consumer that stopped because
   another life took its partition (status ``fenced``) is killed and re-created, its new life
@@ -28,10 +33,10 @@ applies them or refuses them (``cluster.config_change``), never keeps the old on
 What it can apply, it applies by replacing actors in this order: the supervisor is stopped (no
 more reconciling), every consumer finishes its batch in flight and is killed, every sink is
 killed, and only once Ray has released all their names does a new supervisor, created with the
-new config (so a Ray restart of it keeps the new config), create the new sinks and consumers. No
-old writer is alive when a new one starts, whatever the pool size does to the partition -> sink
-assignment (``p % pool_size``); a write the warehouse was still committing for a killed sink is
-the case the writer fencing in the warehouse covers.
+new config (so a Ray restart of it keeps the new config), create the new sinks and consumers; a
+write the warehouse was still committing for a killed sink is the case the writer fencing in the
+warehouse covers. The pool size and the scaling policy are the supervisor's alone: a new one
+applies them to the running consumers and sinks (``cluster.sink_pool``).
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ import msgspec
 from actors.config import PipelineConfig
 from actors.consumer import ConsumerStatus, consumer_name, sink_name
 from actors.exceptions import EventrayError
+from cluster.autoscale_policy import Decision
 from cluster.config_change import ConfigChangeRefusedError, config_change, refusal_message
 from cluster.pipeline_actors import pipeline_actors
+from cluster.sink_pool import SinkPool, sink_number
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,15 @@ class PartitionStatus(msgspec.Struct, frozen=True):
 class SinkStatus(msgspec.Struct, frozen=True):
     name: str
     node_id: str | None
-    state: str  # running | unreachable
+    state: str  # running | unreachable | retiring (past the pool size, its partitions moving)
+    partitions: list[int] = []  # those whose consumer reports writing through it
+    busy_s: float | None = None  # seconds spent writing since the sink (re)started
+
+
+class AutoscaleStatus(msgspec.Struct, frozen=True):
+    enabled: bool
+    decision: Decision | None = None  # the policy's last one
+    decided_at: float | None = None   # epoch seconds
 
 
 class PipelineTotals(msgspec.Struct, frozen=True):
@@ -109,6 +124,8 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     totals: PipelineTotals
     reconciled_at: float | None  # epoch seconds of the last completed reconciliation
     last_error: str | None       # of the supervisor's own reconciliation
+    pool_size: int = 0           # the sinks the supervisor keeps (retiring ones not counted)
+    autoscale: AutoscaleStatus | None = None
 
 
 def partition_status(topic: str, partition: int, consumer: ConsumerStatus | None,
@@ -128,6 +145,21 @@ def partition_status(topic: str, partition: int, consumer: ConsumerStatus | None
         duplicates=consumer.duplicates if consumer else 0,
         last_error=(consumer.last_error if consumer else error),
     )
+
+
+def sink_status(index: int, answer: Any, partitions: list[PartitionStatus],
+                pool_size: int) -> SinkStatus:
+    """A sink's row: its answer to ``load`` (None when it did not answer) and the partitions
+    whose consumers report writing through it."""
+    from actors.sink import SinkLoad
+
+    name = sink_name(index)
+    load = _as(answer, SinkLoad)
+    state = ("retiring" if index >= pool_size else "running" if load is not None
+             else "unreachable")
+    return SinkStatus(name=name, node_id=load.node_id if load else None, state=state,
+                      partitions=[p.partition for p in partitions if p.sink == name],
+                      busy_s=load.busy_s if load else None)
 
 
 def totals_of(partitions: list[PartitionStatus]) -> PipelineTotals:
@@ -156,6 +188,9 @@ class Supervisor:
         self._reconciled_at: float | None = None
         self._last_error: str | None = None
         self._consumer_cls: Any = None
+        self._pool = SinkPool(config, self._ensure_sink,
+                              lambda name: find_actor(name, config.namespace))
+        self._autoscale = AutoscaleStatus(enabled=config.autoscale.enabled)
         # Started here so that a restarted supervisor resumes healing by itself.
         self._thread = threading.Thread(target=self._loop, name="eventray-supervisor",
                                         daemon=True)
@@ -175,6 +210,7 @@ class Supervisor:
         """Reconcile now (topics, sinks, consumers); return the partition count. Rounds repeat
         while the tables are pending, up to ``timeout_s``; the lock is free between rounds."""
         deadline = time.monotonic() + timeout_s
+        self._pool.requested_by_start()
         while True:
             try:
                 reconciled = self._reconcile(lock_wait_s=_LOCK_WAIT_S)
@@ -198,7 +234,8 @@ class Supervisor:
 
         if self._partitions == 0:
             return False
-        sinks = [sink_name(i) for i in range(self._config.sink.pool_size)]
+        # The sinks partitions write through (one still waiting for a node has none).
+        sinks = [sink_name(i) for i in self._pool.assigned_sinks()]
         consumers = [consumer_name(self._config.topics.events, p)
                      for p in range(self._partitions)]
         refs: list[Any] = []
@@ -235,18 +272,20 @@ class Supervisor:
                              answers[i][1])
             for i, p in enumerate(range(count))
         ]
-        sink_names = [sink_name(i) for i in range(cfg.sink.pool_size)]
-        sinks = [
-            SinkStatus(name=name, node_id=_as(answer, str),
-                       state="running" if answer is not None else "unreachable")
-            for name, (answer, _) in zip(sink_names, self._ask_all(sink_names, "ping"),
-                                         strict=True)
-        ]
+        size = self._pool.current_size()
+        live = {n for n in map(sink_number, pipeline_actors(cfg.namespace).sinks)
+                if n is not None}
+        indices = sorted(set(range(size)) | live)
+        loads = self._ask_all([sink_name(i) for i in indices], "load")
+        sinks = [sink_status(i, answer, partitions, size)
+                 for i, (answer, _) in zip(indices, loads, strict=True)]
         with self._state_lock:
             reconciled_at, last_error = self._reconciled_at, self._last_error
+            autoscale = self._autoscale
         return PipelineStatus(topic=topic, namespace=cfg.namespace, partitions=partitions,
                               sinks=sinks, totals=totals_of(partitions),
-                              reconciled_at=reconciled_at, last_error=last_error)
+                              reconciled_at=reconciled_at, last_error=last_error,
+                              pool_size=size, autoscale=autoscale)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop reconciling, stop the consumers (finishing their batches), kill every actor.
@@ -298,17 +337,58 @@ class Supervisor:
                               self._config.reconcile_interval_s)
 
     def _metrics_loop(self) -> None:
-        """Export lag, drain time and pool size (``cluster.supervisor_metrics``)."""
+        """Export lag, drain time, pool size and sink busy shares
+        (``cluster.supervisor_metrics``), then ask the scaling policy."""
         from cluster.supervisor_metrics import SupervisorMetrics
 
         metrics = SupervisorMetrics()
         interval = self._config.metrics_interval_s
         while not self._stop.wait(interval):
             try:
-                metrics.publish(self.status().partitions, self._config.sink.pool_size,
-                                time.monotonic())
+                status = self.status()
+                now = time.monotonic()
+                metrics.publish(status.partitions, status.pool_size, now)
+                busy = metrics.publish_sinks(status.sinks, now)
+                self._autoscale_round(status, busy, metrics, now)
             except Exception:  # the gauges keep their last values; retried next interval
                 log.exception("publishing metrics failed; retrying in %.1fs", interval)
+
+    def _autoscale_round(self, status: PipelineStatus, busy: dict[str, float],
+                         metrics: Any, now: float) -> None:
+        """Ask the policy (``cluster.autoscale_policy``) for the pool's size: every decision
+        exported, the ones that change the size and those whose rule differs from the last
+        logged at INFO with their inputs (the others at DEBUG); a new size is applied by the
+        next reconciliation."""
+        from cluster.autoscale_policy import PolicyInputs, decide, drain_seconds, log_fields
+
+        cfg = self._config
+        changed_at = self._pool.changed_at
+        inputs = PolicyInputs(
+            pool_size=status.pool_size, partitions=len(status.partitions),
+            lag=status.totals.lag,
+            drain_rate=metrics.drain_rate(status.partitions, now),
+            sink_busy=[busy[s.name] for s in status.sinks
+                       if s.state != "retiring" and s.name in busy],
+            since_change_s=None if changed_at is None else now - changed_at,
+            pending_sinks=self._pool.pending(),
+        )
+        if not cfg.autoscale.enabled:
+            metrics.publish_decision(status.pool_size, "hold",
+                                     drain_seconds(inputs.lag, inputs.drain_rate))
+            return
+        if self._pool.wanted is not None:  # the last decision is not applied yet
+            return
+        decision = decide(cfg.autoscale, inputs)
+        last = self._autoscale.decision
+        level = (logging.INFO if decision.action != "hold" or last is None
+                 or last.rule != decision.rule else logging.DEBUG)
+        log.log(level, "autoscale decision %s: %s", log_fields(decision), decision.reason)
+        with self._state_lock:
+            self._autoscale = AutoscaleStatus(enabled=True, decision=decision,
+                                              decided_at=time.time())
+        if decision.action != "hold":
+            self._pool.wanted = decision.size
+        metrics.publish_decision(decision.size, decision.action, decision.drain_s)
 
     def _reconcile(self, lock_wait_s: float) -> bool:
         """One round; False when another round held the lock for ``lock_wait_s``."""
@@ -334,14 +414,16 @@ class Supervisor:
         if partitions > self._partitions and self._partitions:
             log.info("partitions added topic=%s %d->%d", cfg.topics.events,
                      self._partitions, partitions)
-        sinks = [self._ensure_sink(i) for i in range(cfg.sink.pool_size)]
+        statuses = self._consumer_statuses(partitions)
+        self._pool.reconcile(partitions, statuses)  # sizes, creates, assigns, retires sinks
         if not self._tables_ready:
-            self._ensure_tables(sinks[0], partitions)
-        self._replace_fenced(partitions)
+            self._ensure_tables(self._ensure_sink(0), partitions)
+        self._replace_fenced(statuses)
+        assignment = self._pool.assignment()
         for p in range(partitions):
             if self._stop.is_set():  # a shutdown waits for this round: create nothing more
                 return
-            self._ensure_consumer(p)
+            self._ensure_consumer(p, assignment.sink_of(p))
         with self._state_lock:
             self._partitions = partitions
             self._reconciled_at = time.time()
@@ -374,7 +456,13 @@ class Supervisor:
         self._tables_call = None
         self._tables_ready = True
 
-    def _replace_fenced(self, partitions: int) -> None:
+    def _consumer_statuses(self, partitions: int) -> list[ConsumerStatus | None]:
+        """Each partition's consumer status, None when it did not answer (one call each,
+        ``_STATUS_TIMEOUT_S`` at most)."""
+        names = [consumer_name(self._config.topics.events, p) for p in range(partitions)]
+        return [_as(answer, ConsumerStatus) for answer, _ in self._ask_all(names, "status")]
+
+    def _replace_fenced(self, statuses: list[ConsumerStatus | None]) -> None:
         """Kill every consumer whose status says ``fenced``; the loop after this re-creates it
         (once Ray has released its name: this round or the next) and the new life takes a new
         epoch, fencing whichever life took the partition from it.
@@ -382,14 +470,12 @@ class Supervisor:
         A fenced consumer has stopped for good, so that it never fences the new owner back.
         When that new owner is a zombie (two lives took the partition at the same moment and
         the one Ray no longer counts won) and dies, nothing writes the partition: this is what
-        unblocks it. Asking costs one status call per consumer and round, ``_STATUS_TIMEOUT_S``
-        at most."""
+        unblocks it. ``statuses``: the round's (``_consumer_statuses``)."""
         import ray
 
         cfg = self._config
-        names = [consumer_name(cfg.topics.events, p) for p in range(partitions)]
-        for p, (answer, _) in enumerate(self._ask_all(names, "status")):
-            status = _as(answer, ConsumerStatus)
+        names = [consumer_name(cfg.topics.events, p) for p in range(len(statuses))]
+        for p, status in enumerate(statuses):
             if status is None or not status.fenced:
                 continue
             handle = find_actor(names[p], cfg.namespace)
@@ -414,7 +500,7 @@ class Supervisor:
             ).remote(cfg.snowflake, cfg.sink, index)
         return handle
 
-    def _ensure_consumer(self, partition: int) -> Any:
+    def _ensure_consumer(self, partition: int, sink: int | None) -> Any:
         from actors.consumer import partition_consumer_actor
 
         cfg = self._config
@@ -429,7 +515,7 @@ class Supervisor:
                 max_restarts=cfg.consumer.max_restarts, num_cpus=cfg.consumer.num_cpus,
                 memory=cfg.consumer.memory_bytes or None,  # 0: reserve none
                 max_concurrency=4, scheduling_strategy="SPREAD",
-            ).remote(cfg, partition)
+            ).remote(cfg, partition, sink)
         return handle
 
     def _ask_all(self, names: list[str], method: str) -> list[tuple[Any, str | None]]:

@@ -21,12 +21,22 @@ def test_the_same_settings_change_nothing() -> None:
     assert (change.changed, change.refused, change.replaces_actors) == ([], [], False)
 
 
-def test_a_pool_resize_and_batching_are_applied_by_replacing_the_actors() -> None:
+def test_batching_is_applied_by_replacing_the_actors() -> None:
     change = config_change(RUNNING, changed(**{"pipeline.sink.pool_size": 3,
                                                "pipeline.consumer.batch_max_events": 100}))
     assert change.changed == ["pipeline.consumer.batch_max_events", "pipeline.sink.pool_size"]
     assert change.refused == []
     assert change.replaces_actors
+
+
+def test_the_pool_size_and_its_scaling_policy_replace_only_the_supervisor() -> None:
+    # The new supervisor resizes the running pool online (cluster.sink_pool).
+    change = config_change(RUNNING, changed(**{"pipeline.sink.pool_size": 3,
+                                               "pipeline.autoscale.enabled": True,
+                                               "pipeline.autoscale.max_sinks": 4}))
+    assert change.changed == ["pipeline.autoscale.enabled", "pipeline.autoscale.max_sinks",
+                              "pipeline.sink.pool_size"]
+    assert not change.replaces_actors
 
 
 def test_a_rotated_password_is_a_change_that_shows_no_value() -> None:

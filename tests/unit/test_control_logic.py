@@ -59,11 +59,11 @@ def test_actor_table_shows_every_column_and_placeholders() -> None:
     assert format_actors([], "ns") == "actors: none in namespace ns"
 
 
-def test_sink_repr_names_its_index_rule_and_written_partitions() -> None:
+def test_sink_repr_names_its_index_and_written_partitions() -> None:
     sink = SnowflakeSink(SnowflakeConfig(), SinkConfig(pool_size=2), index=1)
-    assert repr(sink) == "sink(1 pool=2 partitions=p%2==1 wrote=-)"
+    assert repr(sink) == "sink(1 wrote=-)"
     # What write() records once a batch committed (no warehouse here).
     sink._written = frozenset({("events", 3), ("events", 1), ("other", 5)})
-    assert repr(sink) == "sink(1 pool=2 partitions=p%2==1 wrote=events/1,3;other/5)"
+    assert repr(sink) == "sink(1 wrote=events/1,3;other/5)"
     assert repr(SnowflakeSink(SnowflakeConfig(), SinkConfig(pool_size=2))) == \
-        "sink(pool=2 wrote=-)"
+        "sink(wrote=-)"
