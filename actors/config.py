@@ -164,8 +164,9 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Logical CPUs a consumer actor reserves; small so many fit on a 2-core node.
     num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     # Bytes of memory a consumer actor reserves (Ray's ``memory`` resource; 0: none, the
-    # laptop default). A full retry window peaked at 1.24 GB RSS (2M keys + 1M dead letters,
-    # README "bench recovery"); cluster/k8s/rayjob.yaml reserves 1.5 GiB.
+    # laptop default): window_ram_mb, a batch, the Kafka prefetch and the interpreter. Before
+    # window_ram_mb bounded the window, a full one peaked at 1.24 GB RSS (2M keys + 1M dead
+    # letters, README "bench recovery"); cluster/k8s/rayjob.yaml still reserves 1.5 GiB.
     memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_restarts: int = -1
 

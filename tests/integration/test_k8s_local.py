@@ -123,6 +123,20 @@ def live_actors(info: StackInfo, namespace: str) -> list[dict[str, Any]]:
     return [actor for actor in actors if actor["state"] != "DEAD"]
 
 
+def ray_memory(info: StackInfo) -> float:
+    """The Ray ``memory`` resource of the stack's node(s), once the dashboard reports it."""
+    nodes: list[dict[str, Any]] = []
+
+    def reported() -> bool:
+        nonlocal nodes
+        with dashboard(info) as client:
+            nodes = client.get("/nodes", params={"view": "summary"}).json()["data"]["summary"]
+        return bool(nodes) and all("raylet" in node for node in nodes)
+
+    wait_for("the dashboard's node summary", reported, timeout=60)
+    return float(sum(node["raylet"]["resourcesTotal"]["memory"] for node in nodes))
+
+
 def test_the_dashboard_and_job_api_refuse_requests_without_the_token(
         stack: tuple[Settings, StackInfo]) -> None:
     _, info = stack
@@ -148,9 +162,7 @@ def pipeline_job(stack: tuple[Settings, StackInfo],
         wanted["EVENTRAY_PIPELINE__CONSUMER__MEMORY_BYTES"])
     sinks = settings.pipeline.sink.pool_size * int(wanted["EVENTRAY_PIPELINE__SINK__MEMORY_BYTES"])
     need = consumers + sinks
-    with dashboard(info) as client:
-        memory = client.get("/api/cluster_status").json()["data"]["clusterStatus"][
-            "loadMetricsReport"]["usage"]["memory"][1]  # [used, total]
+    memory = ray_memory(info)
     if memory < need:
         pytest.fail(f"the local head offers {memory / 2**30:.1f} GiB of Ray memory; the RayJob's "
                     f"actors reserve {need / 2**30:.1f} GiB")
