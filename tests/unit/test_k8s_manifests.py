@@ -545,7 +545,9 @@ def test_the_builder_names_a_bad_arg(args: Any, message: str) -> None:
 def test_the_disk_window_lives_on_a_volume_of_every_pipeline_worker(settings: Settings) -> None:
     consumer = settings.pipeline.consumer
     assert consumer.window_store == "disk"
-    for group in rayjob()["rayClusterSpec"]["workerGroupSpecs"]:
+    groups = (rayjob()["rayClusterSpec"]["workerGroupSpecs"]
+              + cluster_specs()["raycluster"]["workerGroupSpecs"])
+    for group in groups:
         pod = group["template"]["spec"]
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
