@@ -94,15 +94,16 @@ def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
     """The window as the consumer life before left it at ``committed``, keys accepted since
     ``since_ms``; call it after the dead-letter producer fenced its predecessor, so the tail
     read is final. ``into``: the empty window to fill (a fresh one on disk), else a memory
-    window of ``dedup_max_keys``."""
+    window of ``dedup_max_keys``; at most its ``max_keys`` newest rows are read."""
     consumer = config.consumer
     topic = config.topics.events
+    limit = consumer.dedup_max_keys if into is None or into.max_keys is None else into.max_keys
     dead = read_recent_keys(config.kafka, config.topics.dead_letter, partition, since_ms,
                             stall_s=consumer.recovery_stall_s, progress=progress.dead_letters)
     with TableKeys(config.snowflake, topic, partition, page_rows=consumer.window_page_rows,
                    attempts=config.sink.retry_attempts,
                    backoff_s=config.sink.retry_backoff_s) as table, closing(dead), _no_gc():
-        rows = table.keys(since_ms, consumer.dedup_max_keys, progress.rows)
+        rows = table.keys(since_ms, limit, progress.rows)
         window = stream_window(consumer.dedup_window_s, consumer.dedup_max_keys,
                                since_ms=since_ms, committed=committed, table=rows, dead=dead,
                                into=into)

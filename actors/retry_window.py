@@ -74,6 +74,10 @@ class DedupWindow:
     def window_ms(self) -> int:
         return self._window_ms
 
+    @property
+    def max_keys(self) -> int | None:
+        return self._max_keys
+
     def __len__(self) -> int:
         return len(self._held)
 

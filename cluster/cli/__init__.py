@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("cluster.cli.dlq", "dead letters: list, show, replay"),
     "gateway": ("cluster.cli.gateway", "deploy the HTTP gateway onto the running Ray instance"),
     "run": ("cluster.cli.run", "the whole job on the local stack, with a generated workload"),
-    "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway|pipeline|recovery'"),
+    "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway|pipeline|recovery|window'"),
     "chaos": ("cluster.cli.chaos", "faults under load on the local stack, every event counted"),
 }
 
