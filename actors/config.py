@@ -6,7 +6,7 @@ are built from them inside the actor, never passed.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -21,15 +21,41 @@ class KafkaConnection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = None
+    # OAUTHBEARER with an OIDC identity provider (managed Kafka services), librdkafka's
+    # sasl.oauthbearer.* properties: the client-credentials grant against the token endpoint.
+    sasl_oauthbearer_method: Literal["default", "oidc"] | None = None
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: Secret | None = None
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_scope: str | None = None
+    sasl_oauthbearer_extensions: str | None = None
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: Secret | None = None
-    # Extra librdkafka properties, e.g. {"socket.keepalive.enable": "true"}.
+    # Extra librdkafka properties, e.g. {"socket.keepalive.enable": "true"}. A property whose
+    # name says it holds a secret (password, secret, token, a PEM key, a JAAS/OAUTHBEARER
+    # config) is moved to extra_secrets when the settings are read, so it prints masked.
     extra: dict[str, str] = {}
+    extra_secrets: dict[str, Secret] = {}
+
+    def __post_init__(self) -> None:
+        secret = {key: value for key, value in self.extra.items() if is_secret_property(key)}
+        if secret:
+            msgspec.structs.force_setattr(
+                self, "extra", {k: v for k, v in self.extra.items() if k not in secret})
+            msgspec.structs.force_setattr(
+                self, "extra_secrets",
+                {**self.extra_secrets, **{k: Secret(v) for k, v in secret.items()}})
+        if self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauthbearer_method == "oidc":
+            missing = [f"kafka.{name}" for name in (
+                "sasl_oauthbearer_client_id", "sasl_oauthbearer_client_secret",
+                "sasl_oauthbearer_token_endpoint_url") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"sasl_oauthbearer_method oidc needs {', '.join(missing)}")
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties common to producers, consumers and admin clients."""
@@ -41,6 +67,12 @@ class KafkaConnection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "sasl.mechanism": self.sasl_mechanism,
             "sasl.username": self.sasl_username,
             "sasl.password": self.sasl_password,
+            "sasl.oauthbearer.method": self.sasl_oauthbearer_method,
+            "sasl.oauthbearer.client.id": self.sasl_oauthbearer_client_id,
+            "sasl.oauthbearer.client.secret": self.sasl_oauthbearer_client_secret,
+            "sasl.oauthbearer.token.endpoint.url": self.sasl_oauthbearer_token_endpoint_url,
+            "sasl.oauthbearer.scope": self.sasl_oauthbearer_scope,
+            "sasl.oauthbearer.extensions": self.sasl_oauthbearer_extensions,
             "ssl.ca.location": self.ssl_ca_location,
             "ssl.certificate.location": self.ssl_certificate_location,
             "ssl.key.location": self.ssl_key_location,
@@ -50,7 +82,20 @@ class KafkaConnection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if value is not None:
                 conf[key] = value.reveal() if isinstance(value, Secret) else value
         conf.update(self.extra)
+        conf.update({key: value.reveal() for key, value in self.extra_secrets.items()})
         return conf
+
+
+_SECRET_WORDS: Final = ("password", "secret", "token", "credential", "jaas")
+
+
+def is_secret_property(name: str) -> bool:
+    """Whether a librdkafka property can hold a secret: its name says password, secret, token
+    or credential, it is a PEM (``ssl.key.pem``, which holds the private key) or the
+    OAUTHBEARER config string (``sasl.oauthbearer.config``, which may hold a client secret)."""
+    lowered = name.lower()
+    return (any(word in lowered for word in _SECRET_WORDS) or lowered.endswith(".pem")
+            or lowered == "sasl.oauthbearer.config")
 
 
 class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,7 +126,19 @@ class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     account: str = "eventray"
     user: str = "eventray"
-    password: Secret = Secret("eventray")
+    # How the pipeline logs in (actors.snowflake_auth): "password" (snowflake.password),
+    # "key_pair" (a PKCS#8 key: private_key_file or the PEM in private_key, optionally
+    # encrypted with private_key_passphrase), "oauth" or "pat" (an OAuth access token or a
+    # programmatic access token: token, or token_file read at each login). A missing
+    # credential stops the start with the setting's name; only the local emulator (a loopback
+    # host) logs in without one.
+    auth: Literal["password", "key_pair", "oauth", "pat"] = "password"
+    password: Secret | None = None
+    private_key_file: str | None = None
+    private_key: Secret | None = None
+    private_key_passphrase: Secret | None = None
+    token: Secret | None = None
+    token_file: str | None = None
     database: str = "EVENTRAY"
     schema: str = "PUBLIC"
     warehouse: str | None = None
@@ -99,11 +156,14 @@ class SnowflakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     login_timeout_s: PositiveInt = 30
 
     def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``snowflake.connector.connect``."""
+        """Keyword arguments for ``snowflake.connector.connect``; ``ConfigError`` naming the
+        setting when the chosen credential is missing or unusable."""
+        from actors.snowflake_auth import credential_kwargs
+
         kwargs: dict[str, Any] = {
             "account": self.account,
             "user": self.user,
-            "password": self.password.reveal(),
+            **credential_kwargs(self),
             "database": self.database,
             "schema": self.schema,
             "login_timeout": self.login_timeout_s,

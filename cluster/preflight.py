@@ -43,6 +43,9 @@ def check_pipeline(config: PipelineConfig, timeout_s: float = PROBE_TIMEOUT_S) -
     """
     log.info("pipeline settings: %s", " ".join(
         f"{name}={value}" for name, value in setting_items(config)))
+    # The chosen Snowflake credential is there and usable (a key that decrypts) before any
+    # network probe: ConfigError naming the setting (actors.snowflake_auth).
+    config.snowflake.connect_kwargs()
     check_kafka(config.kafka, timeout_s)
     check_snowflake(config.snowflake, timeout_s)
 

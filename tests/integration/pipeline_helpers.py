@@ -59,7 +59,6 @@ def pipeline_settings(kafka: KafkaConnection, snowflake: SnowflakeConfig, *, par
         **SINGLE_BROKER_TOPICS,  # the session's broker is one broker
         "snowflake.account": snowflake.account,
         "snowflake.user": snowflake.user,
-        "snowflake.password": snowflake.password.reveal(),
         "snowflake.database": snowflake.database,
         "snowflake.schema": snowflake.schema,
         "snowflake.protocol": snowflake.protocol,

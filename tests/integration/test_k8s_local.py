@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -280,4 +279,4 @@ def test_no_secret_value_reaches_the_job_logs(stack: tuple[Settings, StackInfo],
     with dashboard(info) as client:
         logs = client.get(f"/api/jobs/{pipeline_job}/logs").json()["logs"]
     assert TOKEN not in logs
-    assert re.search(r"snowflake\.password=\*+", logs), logs[-3000:]
+    assert "snowflake.auth=password" in logs, logs[-3000:]

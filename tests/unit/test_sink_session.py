@@ -8,9 +8,10 @@ from __future__ import annotations
 from snowflake.connector import errors as sf_errors
 
 from actors.config import SinkConfig, SnowflakeConfig
+from actors.secret import Secret
 from actors.sink import is_transient, session_parameters, sink_connect_kwargs
 
-CONFIG = SnowflakeConfig()
+CONFIG = SnowflakeConfig(password=Secret("pw"))
 
 
 def test_the_sinks_session_bounds_its_lock_waits_by_default() -> None:
