@@ -163,7 +163,6 @@ def metrics_url() -> Iterator[str]:
     """A private Ray instance with Serve's HAProxy ingress, exporting metrics on a free port,
     reported every 0.5 s."""
     import ray
-    from ray import serve
 
     env = serve_env(ServeConfig(), isolate=True, pick_port=free_port)
     saved = {name: os.environ.get(name) for name in env}
@@ -177,16 +176,15 @@ def metrics_url() -> Iterator[str]:
         node = next(n for n in ray.nodes() if n["Alive"])
         yield f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        # Not serve.shutdown(): its controller waits 30 s for the HAProxy proxy and gives up
+        # (measured); ending the local instance stops Serve and HAProxy with it.
+        ray.shutdown()
+        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
