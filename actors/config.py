@@ -200,10 +200,11 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_max_wait_s: PositiveFloat = 1.0
     poll_timeout_s: PositiveFloat = 0.2
     dedup_window_s: PositiveFloat = 24 * 3600.0
-    # Memory bound of a partition's dedup window (~340 bytes per key measured, so ~0.7 GB).
+    # Keys a partition's window holds at most: on disk ~41 bytes each (4 GB at 100 million,
+    # 24 h at 1,160 events/s per partition), and the rows a rebuild on another node reads.
     # Size it to the partition's event rate times dedup_window_s; past it the oldest keys are
     # forgotten early, counted in eventray_dedup_evicted_early and logged.
-    dedup_max_keys: PositiveInt = 2_000_000
+    dedup_max_keys: PositiveInt = 100_000_000
     # Where the window lives (docs/guarantees.md, "The retry window's bound"): "disk" is a
     # RocksDB directory per partition (actors.window_store), bounded by disk; "memory" a dict
     # in the actor, held to window_ram_mb (~340 bytes a key) whatever dedup_max_keys says.
