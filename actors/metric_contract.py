@@ -57,6 +57,11 @@ GATEWAY_PRODUCE_LATENCY: Final = MetricSpec(
 GATEWAY_QUEUE_RECORDS: Final = MetricSpec(
     "eventray_gateway_producer_queue_records", "gauge", (),
     "Records produced and not yet acknowledged by Kafka.", "gateway")
+GATEWAY_KEY_REFUSALS: Final = MetricSpec(
+    "eventray_gateway_key_refusals", "counter", ("key", "reason"),
+    "Requests refused for their API key, by key name (`-`: none sent, `?`: not a known key) "
+    "and reason: `missing_key`, `unknown_key`, `account_not_allowed`, `rate_limited`, "
+    "`over_key_burst` (docs/security.md). Only with API keys configured.", "gateway")
 GATEWAY_CLIENT_DISCONNECTS: Final = MetricSpec(
     "eventray_gateway_client_disconnects", "counter", ("route",),
     "Requests whose client closed the connection before its body had arrived: nothing of them "
@@ -121,7 +126,7 @@ AUTOSCALE_DECISION: Final = MetricSpec(
 
 CONTRACT: Final[tuple[MetricSpec, ...]] = (
     GATEWAY_REQUESTS, GATEWAY_EVENTS_ACCEPTED, GATEWAY_EVENTS_REFUSED, GATEWAY_PRODUCE_LATENCY,
-    GATEWAY_QUEUE_RECORDS, GATEWAY_CLIENT_DISCONNECTS,
+    GATEWAY_QUEUE_RECORDS, GATEWAY_CLIENT_DISCONNECTS, GATEWAY_KEY_REFUSALS,
     EVENTS_CONSUMED, EVENTS_VALIDATED, EVENTS_REJECTED, EVENTS_DUPLICATE, DEDUP_EVICTED_EARLY,
     SINK_ROWS,
     SINK_WRITE_SECONDS,

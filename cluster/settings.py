@@ -82,6 +82,8 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_inflight_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     api_keys: list[Secret] = []
+    api_keys_file: str = ""
+    api_keys_reload_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     producer: ProducerTuning = ProducerTuning()
     serve: ServeConfig = ServeConfig()
 
@@ -114,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             host=g.host, port=g.port, max_events_per_request=g.max_events_per_request,
             max_body_bytes=g.max_body_bytes, body_timeout_s=g.body_timeout_s,
             max_inflight_body_bytes=g.max_inflight_body_bytes, api_keys=g.api_keys,
+            api_keys_file=g.api_keys_file, api_keys_reload_s=g.api_keys_reload_s,
             kafka=self.kafka, topics=self.topics, producer=g.producer, serve=g.serve,
         )
 

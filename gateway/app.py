@@ -36,7 +36,7 @@ from actors.contract import (
     Event,
     EventCodec,
 )
-from gateway.auth import ApiKeyCheck
+from gateway.auth import ApiKeyCheck, KeyRefusedError, RefusalLog, reload_error
 from gateway.body import BodyClaim, BodyReader, InflightBodies
 from gateway.config import GatewayConfig
 from gateway.decoding import BodyDecoder, parse_media_type
@@ -49,6 +49,7 @@ from gateway.exceptions import (
     ProducerClosedError,
     RequestRejectedError,
 )
+from gateway.keys import KeyFileError
 from gateway.metrics import METRICS_CONTENT_TYPE, MetricsFactory, PrometheusGatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.producer import DeliveryProducer
@@ -80,7 +81,8 @@ class Gateway:
         self.request_id_header = request_id_header
         self.codec = EventCodec()
         self.decoder = BodyDecoder(self.codec, config.max_events_per_request)
-        self.auth = ApiKeyCheck(config.api_keys)
+        self.auth = ApiKeyCheck(config.api_keys, config.api_keys_file)
+        self.refusal_log = RefusalLog()
         self.producer = DeliveryProducer(config)
         self.readiness = KafkaReadiness(config)
         self.metrics = metrics(self.producer.queue_length)
@@ -103,10 +105,16 @@ class Gateway:
         if self.metrics.sample_interval_s is not None:
             sampler = asyncio.create_task(self._sample_metrics(self.metrics.sample_interval_s))
         deadlines = asyncio.create_task(self.body.deadlines.watch(), name="eventray-body-deadlines")
+        keys = None
+        if self.config.api_keys_file:
+            keys = asyncio.create_task(self._reload_keys(self.config.api_keys_reload_s),
+                                       name="eventray-api-keys")
         try:
             yield
         finally:
             deadlines.cancel()
+            if keys is not None:
+                keys.cancel()
             if sampler is not None:
                 sampler.cancel()
             self.readiness.close()
@@ -121,6 +129,15 @@ class Gateway:
             except Exception:  # a gauge keeps its last value; sampled again next interval
                 log.exception("sampling the gateway metrics failed")
             await asyncio.sleep(interval_s)
+
+    async def _reload_keys(self, interval_s: float) -> None:
+        """Re-read the keys file: a created or revoked key counts within one interval."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.auth.reload)
+            except KeyFileError as exc:
+                reload_error(exc)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -137,21 +154,17 @@ class Gateway:
         claim = BodyClaim(self.inflight)
         body: bytes | None = None
         try:
-            self.auth.check(request.headers)
+            caller = self.auth.identify(request.headers)
             media = parse_media_type(request.headers.get("content-type"), batch=batch)
             body = await self.body.read(request, claim)
             if batch:
                 events = self.decoder.decode_batch(body, media)
             else:
                 events = [self.decoder.decode_one(body, media)]
+            self.auth.admit(caller, events)  # its accounts and rate, before anything is produced
             response = await self._produce(request_id, events)
         except RequestRejectedError as exc:
-            self.metrics.refused(exc.error, exc.events)
-            response = self._error(request_id, exc.status, exc.error, exc.message, exc.problems)
-            if exc.headers:
-                response.headers.update(exc.headers)
-            if exc.status == 408:
-                log.info("body timed out request_id=%s route=%s: %s", request_id, route, exc)
+            response = self._rejected(request_id, route, exc)
         except ClientDisconnectedError as exc:
             # Nothing was produced and nobody is left to answer: not an error of ours. 499 as
             # Serve and nginx name it; the server drops the answer.
@@ -177,6 +190,18 @@ class Gateway:
         finally:
             claim.release()  # answered, refused, timed out, gone or cancelled
         self.metrics.request(route, response.status_code)
+        return response
+
+    def _rejected(self, request_id: str, route: str, exc: RequestRejectedError) -> Response:
+        self.metrics.refused(exc.error, exc.events)
+        if isinstance(exc, KeyRefusedError):
+            self.metrics.key_refused(exc.key_name, exc.reason)
+            self.refusal_log.refused(exc, request_id)
+        response = self._error(request_id, exc.status, exc.error, exc.message, exc.problems)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        if exc.status == 408:
+            log.info("body timed out request_id=%s route=%s: %s", request_id, route, exc)
         return response
 
     def _client_left(self, route: str, request_id: str, received: int | None,

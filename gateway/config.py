@@ -85,8 +85,14 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Bytes of request bodies one replica holds at once (a body counts with its declared
     # Content-Length from the start, a chunked one with what arrived so far): past it, 429.
     max_inflight_body_bytes: PositiveInt = 64 * 1024 * 1024
-    # Empty means no key is required (local mode). Keys compared in constant time.
+    # Keys that may write for every account without a rate limit (named settings-<i>); the
+    # scoped keys live in api_keys_file. Neither set means no key is required (local mode).
     api_keys: list[Secret] = []
+    # The scoped keys (gateway.keys): a JSON file of SHA-256 hashes with each key's name,
+    # accounts and rate limit, written by `eventray keys` or mounted from a Kubernetes Secret;
+    # re-read every api_keys_reload_s, so a revoked key is refused within that long.
+    api_keys_file: str = ""
+    api_keys_reload_s: PositiveFloat = 5.0
     kafka: KafkaConnection = KafkaConnection()
     topics: TopicsConfig = TopicsConfig()
     producer: ProducerTuning = ProducerTuning()

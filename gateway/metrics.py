@@ -23,6 +23,7 @@ from actors.metric_contract import (
     GATEWAY_CLIENT_DISCONNECTS,
     GATEWAY_EVENTS_ACCEPTED,
     GATEWAY_EVENTS_REFUSED,
+    GATEWAY_KEY_REFUSALS,
     GATEWAY_PRODUCE_LATENCY,
     GATEWAY_QUEUE_RECORDS,
     GATEWAY_REQUESTS,
@@ -48,6 +49,8 @@ class GatewayMetrics(Protocol):
     def refused(self, reason: str, events: int) -> None: ...
 
     def client_disconnected(self, route: str) -> None: ...
+
+    def key_refused(self, key: str, reason: str) -> None: ...
 
     def sample(self) -> None: ...
 
@@ -76,6 +79,9 @@ class PrometheusGatewayMetrics:
         self._disconnects = Counter(
             GATEWAY_CLIENT_DISCONNECTS.name, GATEWAY_CLIENT_DISCONNECTS.meaning,
             GATEWAY_CLIENT_DISCONNECTS.labels, registry=self.registry)
+        self._key_refusals = Counter(
+            GATEWAY_KEY_REFUSALS.name, GATEWAY_KEY_REFUSALS.meaning, GATEWAY_KEY_REFUSALS.labels,
+            registry=self.registry)
         self._latency = Histogram(
             GATEWAY_PRODUCE_LATENCY.name, GATEWAY_PRODUCE_LATENCY.meaning,
             buckets=GATEWAY_PRODUCE_LATENCY.buckets, registry=self.registry)
@@ -102,6 +108,9 @@ class PrometheusGatewayMetrics:
 
     def client_disconnected(self, route: str) -> None:
         self._disconnects.labels(route).inc()
+
+    def key_refused(self, key: str, reason: str) -> None:
+        self._key_refusals.labels(key, reason).inc()
 
     def sample(self) -> None:
         """Nothing to do: the queue gauge is read when scraped."""
@@ -130,11 +139,13 @@ class RayGatewayMetrics:
         self._accepted: Any = ray_metric(GATEWAY_EVENTS_ACCEPTED, serve_metrics)
         self._refused: Any = ray_metric(GATEWAY_EVENTS_REFUSED, serve_metrics)
         self._disconnects: Any = ray_metric(GATEWAY_CLIENT_DISCONNECTS, serve_metrics)
+        self._key_refusals: Any = ray_metric(GATEWAY_KEY_REFUSALS, serve_metrics)
         self._latency: Any = ray_metric(GATEWAY_PRODUCE_LATENCY, serve_metrics)
         self._queue: Any = ray_metric(GATEWAY_QUEUE_RECORDS, serve_metrics)
         self._pending_requests: dict[tuple[str, int], int] = {}
         self._pending_refused: dict[str, int] = {}
         self._pending_disconnects: dict[str, int] = {}
+        self._pending_key_refusals: dict[tuple[str, str], int] = {}
         self._pending_accepted = 0
 
     def request(self, route: str, status: int) -> None:
@@ -151,12 +162,17 @@ class RayGatewayMetrics:
     def client_disconnected(self, route: str) -> None:
         self._pending_disconnects[route] = self._pending_disconnects.get(route, 0) + 1
 
+    def key_refused(self, key: str, reason: str) -> None:
+        pending = self._pending_key_refusals
+        pending[key, reason] = pending.get((key, reason), 0) + 1
+
     def sample(self) -> None:
         """Hand the counts since the last call to Ray and set the queue gauge (on the event
         loop, like the handlers: no lock needed)."""
         requests, self._pending_requests = self._pending_requests, {}
         refused, self._pending_refused = self._pending_refused, {}
         disconnects, self._pending_disconnects = self._pending_disconnects, {}
+        key_refusals, self._pending_key_refusals = self._pending_key_refusals, {}
         accepted, self._pending_accepted = self._pending_accepted, 0
         for (route, status), n in requests.items():
             self._requests.inc(n, tags={"route": route, "status": str(status)})
@@ -165,6 +181,8 @@ class RayGatewayMetrics:
                 self._refused.inc(n, tags={"reason": reason})
         for route, n in disconnects.items():
             self._disconnects.inc(n, tags={"route": route})
+        for (key, reason), n in key_refusals.items():
+            self._key_refusals.inc(n, tags={"key": key, "reason": reason})
         if accepted > 0:
             self._accepted.inc(accepted)
         self._queue.set(self._queue_length())

@@ -63,13 +63,17 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
     common = {
         "400": _error("the body or an event breaks the contract; nothing was written"),
         "401": _error("API key missing"),
-        "403": _error("API key not valid"),
+        "403": _error("API key not valid (error forbidden), or an event's account is outside "
+                      "the key's accounts (error account_not_allowed: each such event's index "
+                      "and account listed); nothing was written"),
         "408": _error(timeout),
-        "413": _error("body or event count over the limit. " + limits),
+        "413": _error("body or event count over the limit, or more events than the API key's "
+                      "burst (error over_key_burst); nothing was written. " + limits),
         "415": _error("unsupported Content-Type"),
         "429": _error("the producer queue is full, or the replica holds too many body bytes in "
-                      "flight (error gateway_busy, refused before the body is read); retry "
-                      "later", retry_after=True),
+                      "flight (error gateway_busy, refused before the body is read), or the API "
+                      "key is over its rate (error rate_limited: nothing of the request was "
+                      "written); retry later", retry_after=True),
         "500": _error("Kafka refused a record with a non-retriable error"),
         "503": _error("Kafka did not acknowledge within the deadline", retry_after=True),
     }
@@ -85,7 +89,7 @@ def openapi_document(config: GatewayConfig) -> dict[str, Any]:
                                               "minItems": 1,
                                               "maxItems": config.max_events_per_request}}
     security: list[dict[str, list[str]]] = (
-        [{"bearer": []}, {"apiKey": []}] if config.api_keys else [])
+        [{"bearer": []}, {"apiKey": []}] if config.api_keys or config.api_keys_file else [])
     paths: dict[str, Any] = {
         "/v1/events": {"post": {
             "operationId": "postEvent", "summary": "Accept one event",

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cluster.cli.run", "the whole job on the local stack, with a generated workload"),
     "bench": ("cluster.cli.bench", "benchmarks: 'bench gateway|pipeline|recovery|window'"),
     "chaos": ("cluster.cli.chaos", "faults under load on the local stack, every event counted"),
+    "keys": ("cluster.cli.keys", "the gateway's scoped API keys: create, list, revoke"),
 }
 
 
