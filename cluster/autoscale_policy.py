@@ -23,8 +23,9 @@ The rules, first match wins:
    sinks, one fewer, would be busy less than ``scale_down_busy`` of the time: one sink less;
 6. otherwise **steady**: hold.
 
-Growing needs a long backlog and busy sinks; shrinking needs a short one and sinks that stay
-under a lower busy share with one fewer: between the two the pool holds (hysteresis).
+Growing needs a backlog longer than the target and busy sinks; shrinking needs a backlog under
+a quarter of it and headroom left on the sinks with one fewer: between the two the pool holds
+(hysteresis), and after any change it holds for ``cooldown_s``.
 """
 
 from __future__ import annotations

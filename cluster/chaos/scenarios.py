@@ -100,6 +100,17 @@ def _wait_pipeline_ready(ctx: ChaosContext) -> None:
                          lambda: _all_partitions_running(ctx), _READY_TIMEOUT_S)
 
 
+def _sink_of(ctx: ChaosContext, partition: int) -> str:
+    """The sink ``partition`` writes through now, as its consumer reports it (the supervisor
+    assigns partitions to sinks; ``p % pool_size`` only until it moves one)."""
+    from cluster.supervisor import get_status
+
+    status = get_status(ctx.config, timeout_s=15)
+    reported = None if status is None else next(
+        (p.sink for p in status.partitions if p.partition == partition), None)
+    return reported or sink_name(sink_index(partition, ctx.config.sink.pool_size))
+
+
 def _partitions(ctx: ChaosContext) -> int:
     from actors.kafka_admin import partition_count
 
@@ -250,8 +261,7 @@ class Zombie(_OnExtraNode):
 
     def victims(self, ctx: ChaosContext) -> list[str]:
         partition = (self.run - 1) % _partitions(ctx)
-        return [consumer_name(ctx.config.topics.events, partition),
-                sink_name(sink_index(partition, ctx.config.sink.pool_size))]
+        return [consumer_name(ctx.config.topics.events, partition), _sink_of(ctx, partition)]
 
     def inject(self, ctx: ChaosContext) -> str:
         node = self.node()
