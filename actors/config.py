@@ -282,12 +282,12 @@ class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the sinks are not what holds the backlog up, and more would not drain it faster.
     scale_up_busy: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
     # Remove a sink when the backlog drains within scale_down_drain_share * target_drain_s and
-    # the sinks, one fewer, would still be busy less than scale_down_busy of the time on
-    # average: headroom for the sinks left. Estimated as the busy seconds of all sinks over one
-    # sink fewer, an upper bound (fewer sinks write fewer, larger batches; measured on the
-    # emulator: one sink alone under 50% busy at a load that kept three 30% busy each). A
-    # grown pool shrinks only once the backlog is a quarter of the target, below where it grows.
-    scale_down_busy: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.6
+    # the sinks write less than scale_down_busy of the time on average (not saturated). Busy
+    # shares do not add up across a shrink: fewer sinks write fewer, larger batches, so the
+    # backlog decides and its growing past target_drain_s again undoes a shrink that was too
+    # much (no sooner than cooldown_s). Up at target_drain_s, down under a quarter of it: the
+    # gap keeps the pool from flapping.
+    scale_down_busy: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.8
     scale_down_drain_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
     # One step up at most multiplies the pool by this (down: one sink per step).
     max_step_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0

@@ -107,7 +107,7 @@ class IsolatedAutoscalingCluster(AutoscalingCluster):
                "--dashboard-agent-listen-port", str(free_port(HOST)),
                "--temp-dir", str(self._ray_dir),
                f"--autoscaling-config={config_path}",
-               "--num-cpus", str(head.pop("CPU", 0))]
+               "--num-cpus", str(int(head.pop("CPU", 0)))]
         if "object_store_memory" in head:
             cmd += ["--object-store-memory", str(head.pop("object_store_memory"))]
         if head:

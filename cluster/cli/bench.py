@@ -1,5 +1,6 @@
-"""``eventray bench gateway|pipeline|recovery|window``: benchmarks that print ratios against raw
-baselines measured in the same run. Each benchmark module exposes ``add_arguments`` and ``run``."""
+"""``eventray bench gateway|pipeline|recovery|window|autoscale``: benchmarks that print ratios
+against raw baselines measured in the same run. Each benchmark module exposes ``add_arguments``
+and ``run``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pipeline": ("cluster.bench.pipeline", "topic -> rows: pipeline vs raw consume vs raw sink"),
     "recovery": ("cluster.bench.recovery",
                  "a consumer's start on a full retry window vs raw fetch and tail read"),
+    "autoscale": ("cluster.bench.autoscale",
+                  "steady, burst, steady load: lag, sink pool, Ray nodes, accept-to-row p99"),
     "window": ("cluster.bench.window",
                "one consumer's retry window on disk: bytes/key, RSS, lookups, restore"),
 }

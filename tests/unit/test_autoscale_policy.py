@@ -8,7 +8,7 @@ from actors.config import AutoscaleConfig
 from cluster.autoscale_policy import PolicyInputs, decide, log_fields
 
 CONFIG = AutoscaleConfig(enabled=True, target_drain_s=30.0, min_sinks=1, max_sinks=8,
-                         cooldown_s=60.0, scale_up_busy=0.5, scale_down_busy=0.3,
+                         cooldown_s=60.0, scale_up_busy=0.5, scale_down_busy=0.8,
                          scale_down_drain_share=0.25, max_step_factor=2.0)
 
 
@@ -47,9 +47,12 @@ def test_idle_sinks_scale_down_one_at_a_time() -> None:
 def test_between_the_thresholds_the_pool_holds() -> None:
     # Drains in 20 s: under the 30 s target, over the 7.5 s a shrink needs.
     assert decide(CONFIG, inputs(lag=20_000, sink_busy=[0.9, 0.9])).rule == "steady"
-    # Caught up, but one sink fewer would be busy 40% of the time (>= 30%).
-    held = decide(CONFIG, inputs(pool_size=3, sink_busy=[0.3, 0.3, 0.2]))
+    # Caught up, but the sinks are saturated (85% busy on average, >= 80%).
+    held = decide(CONFIG, inputs(pool_size=3, sink_busy=[0.9, 0.85, 0.8]))
     assert (held.action, held.size, held.rule) == ("hold", 3, "steady")
+    # Busy sinks that keep up shrink: fewer sinks write fewer, larger batches.
+    busy = decide(CONFIG, inputs(pool_size=3, lag=1000, sink_busy=[0.77, 0.56, 0.53]))
+    assert (busy.action, busy.size, busy.rule) == ("down", 2, "idle")
 
 
 def test_within_the_cooldown_nothing_changes() -> None:
