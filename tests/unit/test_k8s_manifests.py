@@ -552,3 +552,19 @@ def test_the_disk_window_lives_on_a_volume_of_every_pipeline_worker(settings: Se
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes[mounts[consumer.window_dir]]  # node-local
+
+
+def test_every_gateway_pod_mounts_the_api_keys_file_the_settings_name(settings: Settings) -> None:
+    keys_file = PurePosixPath(settings.gateway_config().api_keys_file)
+    assert str(keys_file) == "/etc/eventray/gateway-keys/keys.json"
+    for pod in pod_specs(cluster_specs()["rayservice"]):
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mount = mounts[str(keys_file.parent)]
+        assert mount["readOnly"] is True
+        # A whole-directory mount (not subPath): Kubernetes updates it in place on a change.
+        assert "subPath" not in mount
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "eventray-gateway-keys"
+        assert {"key": "keys.json", "path": keys_file.name} in secret["items"]
