@@ -95,13 +95,16 @@ class SinkPool:
         self._check_ready(size)
         writing = {p: n for p, c in enumerate(consumers)
                    if c is not None and (n := sink_number(c.sink)) is not None}
-        current = {**self._assignment.sinks, **writing}
+        # A partition nobody reported yet starts where a fresh pool puts it (p % size).
+        current = {p: s for p, s in {**initial(partitions, size).sinks,
+                                     **self._assignment.sinks, **writing}.items()
+                   if p < partitions}
         usable = sorted(self._ready & set(range(size)))
-        if usable:
+        if usable and writing:
             target = rebalance(current, partitions, usable)
-        else:  # a fresh pool, nothing answers yet: where its consumers will be created
-            target = SinkAssignment({**initial(partitions, size).sinks,
-                                     **{p: s for p, s in current.items() if p < partitions}})
+        else:  # no consumer runs yet (a fresh pipeline): create them where a fresh pool would
+            target = SinkAssignment({p: s if s < size else p % size
+                                     for p, s in current.items()})
         for p, before, after in moves(writing, target):
             if before is None or p >= len(consumers) or consumers[p] is None:
                 continue  # a new consumer is created on its sink; one not answering, later

@@ -89,9 +89,13 @@ def _all_partitions_running(ctx: ChaosContext, partitions: int | None = None,
         return False
     if partitions is not None and len(status.partitions) != partitions:
         return False
-    if sinks is not None and (len(status.sinks) != sinks
-                              or any(s.state != "running" for s in status.sinks)):
-        return False
+    if sinks is not None:
+        live = [s for s in status.sinks if s.state != "retiring"]  # retired: on their way out
+        if any(s.state != "running" for s in live):
+            return False
+        # With autoscaling on, the policy owns the size from then on: any size is healthy.
+        if not ctx.config.autoscale.enabled and len(live) != sinks:
+            return False
     return all(p.state == "running" for p in status.partitions)
 
 
@@ -346,20 +350,21 @@ def _with_pool_size(config: PipelineConfig, pool_size: int) -> PipelineConfig:
 def resize_pool(ctx: ChaosContext, pool_size: int) -> str:
     """Change the sink pool size of the running pipeline; how it was done.
 
-    Through the supervisor: ``start_pipeline`` with the new config, which (since issue 12's
-    supervisor work) replaces the supervisor, consumers and sinks in order. A supervisor that
-    keeps the config it started with (before that work) shows an unchanged sink count; then the
-    pipeline is stopped and started again with the new size, said so in the result.
+    Through the supervisor: ``start_pipeline`` with the new config, which replaces the
+    supervisor alone; the new one resizes the running pool online (``cluster.sink_pool``:
+    partitions move between live sinks). A supervisor that keeps the config it started with
+    (before issue 12's supervisor work) shows an unchanged pool size; then the pipeline is
+    stopped and started again with the new size, said so in the result.
     """
     from cluster.supervisor import get_status, start_pipeline, stop_pipeline
 
     wanted = _with_pool_size(ctx.config, pool_size)
     start_pipeline(wanted)
     status = get_status(wanted)
-    if status is not None and len(status.sinks) == pool_size:
+    if status is not None and status.pool_size == pool_size:
         ctx.config = wanted
-        return "start_pipeline with the new size (the supervisor applied it)"
-    running = len(status.sinks) if status is not None else "?"
+        return "start_pipeline with the new size (the supervisor applied it online)"
+    running = status.pool_size if status is not None else "?"
     ctx.say(f"  the supervisor kept pool_size={running}; stopping and starting the pipeline "
             f"with pool_size={pool_size} (a restart, not an online resize)")
     stop_pipeline(ctx.config)
