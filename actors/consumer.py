@@ -56,7 +56,7 @@ from actors.rate_meter import RateMeter
 from actors.records import RecordReader, SourceRecord
 from actors.recovery import RecoveryProgress, RecoveryStatus, window_at_start
 from actors.retry_window import DedupWindow
-from actors.rows import FlushResult, SinkBatch
+from actors.rows import FlushResult, SinkBatch, encode_rows
 from actors.window_rebuild import window_since
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,8 @@ class PartitionConsumer:
             acc.add(records, time.monotonic(), nbytes)
             if not acc.full(time.monotonic(), drained=not records):
                 if not records and time.monotonic() - looked >= _IDLE_LOOK_S:
-                    moves.observe(next_from)  # idle: other partitions may wait for our mark
+                    pending, next_from = self._idle_look(
+                        consumer, moves, next_from, window=window, pending=pending, acc=acc)
                     looked = time.monotonic()
                 continue
             now = datetime.now(UTC)
@@ -409,6 +410,40 @@ class PartitionConsumer:
             pending = self._send(plan)
         if pending is not None:
             self._finish(pending, consumer)
+
+    def _idle_look(self, consumer: Any, moves: MoveGuard, next_from: int | None, *,
+                   window: DedupWindow | None, pending: _InFlight | None,
+                   acc: Accumulator) -> tuple[_InFlight | None, int | None]:
+        """Nothing consumed: mark a grown partition count (other partitions may wait for our
+        mark), and with nothing in hand commit past trailing transaction markers.
+        ``(pending, next_from)`` afterwards."""
+        moves.observe(next_from)
+        if pending is not None or acc.records:
+            return pending, next_from
+        skipped = self._past_markers(consumer, next_from, window)
+        return (None, next_from) if skipped is None else (skipped,
+                                                          skipped.plan.batch.to_offset)
+
+    def _past_markers(self, consumer: Any, next_from: int | None,
+                      window: DedupWindow | None) -> _InFlight | None:
+        """Idle at the partition's end: when the consumer's position is past ``next_from``,
+        only transaction markers lie between (records handed on from another partition come
+        in transactions, ``actors.partition_moves``), and a batch without rows commits up to
+        the position, so the partition's lag reaches 0. None when there is nothing to skip."""
+        from confluent_kafka import TopicPartition
+
+        if next_from is None:
+            return None
+        (position,) = consumer.position([TopicPartition(self._topic, self._partition)])
+        if position.offset <= next_from:
+            return None  # also OFFSET_INVALID (negative): nothing consumed yet
+        batch = SinkBatch(topic=self._topic, partition=self._partition, from_offset=next_from,
+                          to_offset=position.offset, rows_json=encode_rows([]), row_count=0)
+        if window is not None:
+            window.seal(batch.to_offset)  # a window on disk stands at the batch's end too
+        plan = BatchPlan(batch=batch, dead_letters=[], consumed=0, valid=0, duplicates=0,
+                         already_dead_lettered=0, rejected={})
+        return self._send(plan)
 
     def _move_guard(self, consumer: Any) -> MoveGuard:
         """Retries across added partitions (``actors.partition_moves``) for this session."""

@@ -99,13 +99,6 @@ class PartitionHistory:
         """Whether the topic ever had more than one count."""
         return len(self._counts) > 1
 
-    def took_effect(self, partitions: int) -> int | None:
-        """When ``partitions`` took effect (epoch ms), None when it has not; only a count that
-        superseded an earlier one answers (the first count ever superseded nothing)."""
-        if not self._counts or partitions == self._counts[0][0]:
-            return None
-        return self._since.get(partitions)
-
     def marks_of(self, partition: int) -> list[tuple[int, int]]:
         """``(mark, count)`` of ``partition``, ascending: offsets from a mark on were planned
         under its count (a partition marks each count once, at a higher offset than before)."""
@@ -231,23 +224,30 @@ class MoveGuard:
 
     def forward_targets(self, records: Sequence[SourceRecord]) -> list[Forward]:
         """The records of ``records`` this partition does not decide, each with the partition
-        that does (see the module): planned under a count that superseded an earlier one, less
-        than the retry window (plus the disorder slack) after it took effect, with an event
-        identity, not a replay, and their account's partition under that count is another.
-        Call ``observe`` first. Empty on a topic that never grew (the common case)."""
+        that does (see the module): planned under a count whose account's partition is
+        another, while an earlier count that routed the account here can still reach the
+        record's window (it took effect less than the retry window plus the disorder slack
+        before the record's accept time); with an event identity and not a replay. A record
+        no known count routed here (a producer naming partitions) is decided here. Call
+        ``observe`` first. Empty on a topic that never grew (the common case)."""
         if not self._history.grown():
             return []
         forwards: list[Forward] = []
         for record in records:
-            if record.key is None or record.replay_of is not None:
+            key = record.key
+            if key is None or record.replay_of is not None or record.accepted_at_ms is None:
                 continue
             count = self._count_at(record.offset)
-            took_effect = None if count is None else self._history.took_effect(count)
-            if (count is None or took_effect is None or record.accepted_at_ms is None
-                    or window_since(record.accepted_at_ms, self._window_s) > took_effect):
-                continue  # no copy routed by an earlier count can be in its window
-            (home,) = self._homes_of(record.key, (count,))
-            if home != self._partition and event_key(record.value) is not None:
+            if count is None:
+                continue
+            counts = self._history.counts(count, window_since(record.accepted_at_ms,
+                                                              self._window_s))
+            if len(counts) == 1:
+                continue  # no earlier count can reach its window
+            (home,) = self._homes_of(key, (count,))
+            if (home != self._partition
+                    and self._partition in self._homes_of(key, counts[:-1])
+                    and event_key(record.value) is not None):
                 forwards.append(Forward(record, home))
         if forwards:
             log.info("records handed to their account's partition topic=%s partition=%d "

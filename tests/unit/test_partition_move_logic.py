@@ -274,3 +274,14 @@ def test_a_batch_of_only_handed_on_records_still_advances_the_offset() -> None:
                         now=datetime.fromtimestamp(T_MS / 1000 + 7200, UTC),
                         window=DedupWindow(W_S), forwards=guard.forward_targets(records))
     assert (result.batch.to_offset, result.batch.row_count, len(result.forwards)) == (11, 0, 1)
+
+
+def test_a_record_no_earlier_count_routed_here_is_decided_here() -> None:
+    # Partition 2 exists only since the growth: a producer naming it explicitly put the
+    # record there, not one routing by the old count, whatever the account.
+    elsewhere = account_moving((0, 2), (0, 3))
+    io = grown_io()
+    io.mark_rows.append(PartitionMark(3, 2, NOTHING_BEFORE, T_MS + 3_600_000))
+    guard = MoveGuard("t", 2, W_S, io)
+    guard.observe(next_from=0)
+    assert guard.forward_targets([rec(0, elsewhere, "e-1", T_MS + 3_700_000)]) == []
