@@ -15,6 +15,7 @@ KubeRay autoscaler reads a worker group's memory from its pod's limits).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -113,6 +114,16 @@ class Watch:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    @contextlib.contextmanager
+    def explaining(self) -> Iterator[None]:
+        """A wait that times out says what the policy last decided, and why."""
+        try:
+            yield
+        except AssertionError as exc:
+            last = None if self.last is None else self.last.autoscale
+            raise AssertionError(f"{exc}; max pool {self.max_pool}, max nodes "
+                                 f"{self.max_nodes}; last decision: {last}") from exc
+
 
 def pool_back_to_one(config: PipelineConfig) -> bool:
     status = get_status(config, timeout_s=10)
@@ -123,8 +134,11 @@ def pool_back_to_one(config: PipelineConfig) -> bool:
 def test_a_backlog_grows_the_pool_and_the_cluster_and_both_shrink_after_it_drained(
         autoscaling_ray: IsolatedAutoscalingCluster, kafka_connection: KafkaConnection,
         snowflake_config: SnowflakeConfig) -> None:
+    # Batches of 20 events: one sink then needs about a warehouse round trip per 20 events,
+    # so the burst outlasts the policy's reaction on a quiet machine too (with 100 per batch
+    # one sink drained it before the pool grew: measured on a fresh clone).
     settings = pipeline_settings(kafka_connection, snowflake_config, partitions=4, pool_size=1,
-                                 batch_max_events=100, extra={
+                                 batch_max_events=20, extra={
                                      "pipeline.consumer.num_cpus": 0.25,
                                      "pipeline.sink.num_cpus": 1,
                                      "pipeline.metrics_interval_s": 1.0,
@@ -142,13 +156,14 @@ def test_a_backlog_grows_the_pool_and_the_cluster_and_both_shrink_after_it_drain
         work = workload(EVENTS, seed=15)
         for batch in [*work.batches, *work.retry_batches]:  # the burst, client retries last
             produce_events(config.kafka, config.topics.events, batch)
-        wait_for("the pool to grow", lambda: watch.max_pool >= 2, timeout=120)
-        wait_for("a worker node to start", lambda: watch.max_nodes >= 2, timeout=120)
-        wait_for("a sink on a worker node to take partitions",
-                 lambda: watch.sink_on_worker_took_partitions, timeout=120)
-        wait_until_drained(config)
-        wait_for("the pool to shrink back to one sink", lambda: pool_back_to_one(config),
-                 timeout=180)
+        with watch.explaining():
+            wait_for("the pool to grow", lambda: watch.max_pool >= 2, timeout=120)
+            wait_for("a worker node to start", lambda: watch.max_nodes >= 2, timeout=120)
+            wait_for("a sink on a worker node to take partitions",
+                     lambda: watch.sink_on_worker_took_partitions, timeout=120)
+            wait_until_drained(config)
+            wait_for("the pool to shrink back to one sink", lambda: pool_back_to_one(config),
+                     timeout=180)
         wait_for("the idle worker nodes to be removed", lambda: alive_nodes() == [head],
                  timeout=120)
         assert_exactly_once(landed(settings), work.valid_ids, work.invalid_ids)

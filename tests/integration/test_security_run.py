@@ -116,7 +116,21 @@ def dashboard_get(run: Run, path: str, **params: Any) -> str:
 @schemathesis.serializer(*[name for name, media in MEDIA_TYPES.items()
                            if media is MediaType.MSGPACK])
 def _msgpack(_ctx: Any, value: Any) -> bytes:
-    return msgspec.msgpack.encode(value)
+    return msgspec.msgpack.encode(_in_msgpack_range(value))
+
+
+def _in_msgpack_range(value: Any) -> Any:
+    """``value`` with integers msgpack cannot hold (past 64 bits, which negative examples
+    generate) as floats: what a client could send instead, still a wrong value to refuse."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -2**63 <= value < 2**64:
+        return float(value)
+    if isinstance(value, list):
+        return [_in_msgpack_range(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _in_msgpack_range(item) for key, item in value.items()}
+    return value
 
 
 @schemathesis.serializer(*[name for name, media in MEDIA_TYPES.items()
