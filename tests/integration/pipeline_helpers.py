@@ -5,6 +5,7 @@ what landed in the table and the dead-letter topic."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 import snowflake.connector
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -31,8 +33,11 @@ from actors.contract import (
 )
 from actors.kafka_admin import end_offsets
 from cluster.bench.workload import Workload, WorkloadSpec, generate
+from cluster.local.processes import free_port
 from cluster.settings import SINGLE_BROKER_TOPICS, Settings
 from cluster.supervisor import get_status
+from gateway.config import ServeConfig
+from gateway.serve_app import serve_env
 
 REPO = Path(__file__).resolve().parents[2]
 Key = tuple[str, str]  # (account_id, event_id)
@@ -274,3 +279,18 @@ def local_ray_session(namespace: str) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def serve_environment(config: ServeConfig) -> Iterator[dict[str, str]]:
+    """Serve's HAProxy environment, with its own state directory and ports, in ``os.environ``
+    (enter it before ``ray.init``: the raylet and its workers inherit it); restored and the
+    state directory removed on the way out."""
+    env = serve_env(config, isolate=True, pick_port=free_port)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            yield env
+    finally:
+        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,13 +13,14 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from pipeline_helpers import serve_environment
 from raw_http import closed_by_peer, connect, read_response, request_head, start_body
 
 from actors.config import KafkaConnection, TopicsConfig
 from actors.contract import HEADER_CONTENT_TYPE, HEADER_REQUEST_ID
 from cluster.local.processes import free_port
 from gateway.config import GatewayConfig, ServeConfig
-from gateway.serve_app import deploy, haproxy_pids, serve_env
+from gateway.serve_app import deploy, haproxy_pids
 
 pytestmark = pytest.mark.integration
 
@@ -48,33 +47,25 @@ def served(kafka_connection: KafkaConnection) -> Iterator[tuple[str, str, dict[s
     admin = AdminClient(kafka_connection.client_config())
     for future in admin.create_topics([NewTopic(topic, 4, 1)]).values():
         future.result(timeout=30)
-    env = serve_env(SERVE, isolate=True, pick_port=free_port)
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
-    # address="local": a fresh instance even when `ray start` runs on this machine.
-    # INFO from the replica's own loggers into its worker's .err, as settings.connect_ray does.
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace=f"gw-{uuid.uuid4().hex[:6]}",
-             log_to_driver=False,
-             logging_config=ray.LoggingConfig(encoding="TEXT", log_level="INFO"))
-    try:
-        config = GatewayConfig(
-            port=free_port(), kafka=kafka_connection,
-            topics=TopicsConfig(events=topic, durability="local"),  # a one-broker topic
-            body_timeout_s=BODY_TIMEOUT_S, max_body_bytes=MAX_BODY,
-            max_inflight_body_bytes=MAX_BODY, serve=SERVE,
-        )
-        yield deploy(config), topic, env
-    finally:
-        # Not serve.shutdown(): its controller waits 30 s for the HAProxy proxy and gives up
-        # (measured); ending the local instance stops Serve and HAProxy with it.
-        ray.shutdown()
-        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with serve_environment(SERVE) as env:
+        # address="local": a fresh instance even when `ray start` runs on this machine. INFO
+        # from the replica's own loggers into its worker's .err, as settings.connect_ray does.
+        ray.init(address="local", num_cpus=8, include_dashboard=False,
+                 namespace=f"gw-{uuid.uuid4().hex[:6]}",
+                 log_to_driver=False,
+                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="INFO"))
+        try:
+            config = GatewayConfig(
+                port=free_port(), kafka=kafka_connection,
+                topics=TopicsConfig(events=topic, durability="local"),  # a one-broker topic
+                body_timeout_s=BODY_TIMEOUT_S, max_body_bytes=MAX_BODY,
+                max_inflight_body_bytes=MAX_BODY, serve=SERVE,
+            )
+            yield deploy(config), topic, env
+        finally:
+            # Not serve.shutdown(): its controller waits 30 s for the HAProxy proxy and gives
+            # up (measured); ending the local instance stops Serve and HAProxy with it.
+            ray.shutdown()
 
 
 def test_an_event_through_serve_is_acknowledged_and_in_kafka(

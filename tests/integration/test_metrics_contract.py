@@ -20,8 +20,6 @@ totals from the workload and the HTTP answers.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -41,6 +39,7 @@ from pipeline_helpers import (
     pipeline_settings,
     produce_raw,
     ray_runtime_env,
+    serve_environment,
     wait_until_drained,
     workload,
 )
@@ -66,7 +65,7 @@ from cluster.local.processes import free_port
 from cluster.settings import Settings
 from cluster.supervisor import start_pipeline, stop_pipeline
 from gateway.config import GatewayConfig, ServeConfig
-from gateway.serve_app import deploy, serve_env
+from gateway.serve_app import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -165,27 +164,19 @@ def metrics_url() -> Iterator[str]:
     reported every 0.5 s."""
     import ray
 
-    env = serve_env(ServeConfig(), isolate=True, pick_port=free_port)
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # before ray.init: the raylet and its workers inherit them
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             _metrics_export_port=free_port(),
-             _system_config={"metrics_report_interval_ms": 500},
-             namespace=f"eventray-metrics-{uuid.uuid4().hex[:6]}",
-             runtime_env=ray_runtime_env(), log_to_driver=False)
-    try:
-        node = next(n for n in ray.nodes() if n["Alive"])
-        yield f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    finally:
-        # Not serve.shutdown(): its controller waits 30 s for the HAProxy proxy and gives up
-        # (measured); ending the local instance stops Serve and HAProxy with it.
-        ray.shutdown()
-        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with serve_environment(ServeConfig()):
+        ray.init(address="local", num_cpus=4, include_dashboard=False,
+                 _metrics_export_port=free_port(),
+                 _system_config={"metrics_report_interval_ms": 500},
+                 namespace=f"eventray-metrics-{uuid.uuid4().hex[:6]}",
+                 runtime_env=ray_runtime_env(), log_to_driver=False)
+        try:
+            node = next(n for n in ray.nodes() if n["Alive"])
+            yield f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        finally:
+            # Not serve.shutdown(): its controller waits 30 s for the HAProxy proxy and gives
+            # up (measured); ending the local instance stops Serve and HAProxy with it.
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
