@@ -459,8 +459,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         create_topic(kafka, topic, args.partitions)
         produced = _produce(kafka, topic, events)
         ends = _end_offsets(kafka, topic, args.partitions)
-        print(f"topic {topic}: {sum(ends.values())} events ({len(workload.invalid_ids)} invalid)"
-              f" produced at {produced:,.0f}/s")
+        print(f"topic {topic}: {sum(ends.values()):,} events ({len(workload.invalid_ids):,} "
+              f"invalid) produced at {produced:,.0f} events/s")
         config = _pipeline_config(settings, kafka, snowflake, topic=topic,
                                   partitions=args.partitions, args=args, tag=tag)
 
@@ -549,12 +549,42 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
     latencies = _latencies_ms(config.snowflake, table, topic, f"{e2e.run_id}-")
     e2e_keys = set(_table_keys(config.snowflake, table, topic))
     out["e2e"] = {"events_per_s": accepted / elapsed, "accept_events_per_s": accepted / posted_s,
-                  "p50_ms": _percentile(latencies, 0.5), "p99_ms": _percentile(latencies, 0.99),
-                  "lost": len(e2e.valid_ids - e2e_keys)}
+                  "p50_ms": _round(_percentile(latencies, 0.5)),
+                  "p99_ms": _round(_percentile(latencies, 0.99)),
+                  "lost": len(e2e.valid_ids - e2e_keys),
+                  "cpu_us_per_event": cpu_us_per_event(cpu.by_role, accepted)}
+    out["e2e"]["owned_cpu_us_per_event"] = owned_cpu_us(out["e2e"]["cpu_us_per_event"])
     print(f"e2e HTTP -> row      {out['e2e']['events_per_s']:>12,.0f} events/s "
-          f"(accepted {accepted} at {accepted / posted_s:,.0f}/s) p50={out['e2e']['p50_ms']}ms "
-          f"p99={out['e2e']['p99_ms']}ms lost={out['e2e']['lost']}")
+          f"(accepted {accepted:,} at {accepted / posted_s:,.0f}/s) "
+          f"p50 {_ms(out['e2e']['p50_ms'])} p99 {_ms(out['e2e']['p99_ms'])} "
+          f"lost {out['e2e']['lost']}")
     print("\n".join(cpu.lines(accepted)))
+    print(f"    owned (gateway + consumers + sinks): "
+          f"{out['e2e']['owned_cpu_us_per_event']:.1f} µs per event")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def cpu_us_per_event(by_role: dict[str, float], events: int) -> dict[str, float]:
+    """CPU µs per event by role, largest first, rounded to 0.1 µs (roles under 0.05 left out)."""
+    per_event = {role: round(secs / events * 1e6, 1) for role, secs in by_role.items()
+                 if events and secs / events * 1e6 >= 0.05}
+    return dict(sorted(per_event.items(), key=lambda item: -item[1]))
+
+
+def owned_cpu_us(per_event: dict[str, float]) -> float:
+    """The parts this project owns: consumers, sinks and the gateway measured (the largest
+    gateway role: uvicorn here, a Serve replica where Serve carries the load)."""
+    gateway = max((us for role, us in per_event.items() if role.startswith("gateway (")),
+                  default=0.0)
+    return round(per_event.get("consumer actors", 0.0) + per_event.get("sink actors", 0.0)
+                 + gateway, 1)
 
 
 def _print_ratios(out: dict[str, Any]) -> None:

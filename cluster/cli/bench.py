@@ -1,6 +1,6 @@
-"""``eventray bench gateway|pipeline|recovery|window|autoscale``: benchmarks that print ratios
-against raw baselines measured in the same run. Each benchmark module exposes ``add_arguments``
-and ``run``."""
+"""``eventray bench gateway|pipeline|recovery|window|autoscale|latency``: benchmarks that
+print ratios against raw baselines measured in the same run. Each benchmark module exposes
+``add_arguments`` and ``run``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                   "steady, burst, steady load: lag, sink pool, Ray nodes, accept-to-row p99"),
     "window": ("cluster.bench.window",
                "one consumer's retry window on disk: bytes/key, RSS, lookups, restore"),
+    "latency": ("cluster.bench.latency",
+                "open-loop Poisson load at shares of the measured maximum: ack and "
+                "accept-to-row latency percentiles, lost, duplicated"),
 }
 
 
