@@ -55,6 +55,7 @@ from actors.sink import SnowflakeWriter
 from actors.validation import validate_batch
 from cluster.bench.cpu_usage import CpuReport, usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.bench.first_row import FirstRowWatch
 from cluster.bench.stack import BenchError, bench_stack, create_topic
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.local.ray_head import use_loopback_for_in_process_ray
@@ -265,6 +266,7 @@ class PipelineResult(msgspec.Struct):
     dead_lettered: int
     counted_events: int
     cpu: CpuReport
+    first_row_s: float  # start_pipeline called -> the first batch committed
 
 
 def _pipeline_config(settings: Settings, kafka: KafkaConnection, snowflake: SnowflakeConfig, *,
@@ -303,25 +305,27 @@ def run_pipeline(config: PipelineConfig, ends: dict[int, int],
     """Start the pipeline on a filled topic; rate from all-actors-up to drained."""
     from cluster.supervisor import start_pipeline
 
-    wall_start = time.perf_counter()
-    start_pipeline(config, ready_timeout_s=timeout_s)
-    t0 = time.perf_counter()
-    cpu_before = cpu_snapshot(t0)
-    committed0, _ = _committed(config)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        committed, dead = _committed(config)
-        if all(committed.get(p, 0) >= end for p, end in ends.items()):
-            break
-        if time.monotonic() > deadline:
-            raise BenchError(f"pipeline: committed {committed} of {ends} in {timeout_s:g}s")
-        time.sleep(0.1)
-    t1 = time.perf_counter()
+    with FirstRowWatch(config.snowflake, config.topics.events) as first_row:
+        wall_start = first_row.started
+        start_pipeline(config, ready_timeout_s=timeout_s)
+        t0 = time.perf_counter()
+        cpu_before = cpu_snapshot(t0)
+        committed0, _ = _committed(config)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed, dead = _committed(config)
+            if all(committed.get(p, 0) >= end for p, end in ends.items()):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"pipeline: committed {committed} of {ends} in {timeout_s:g}s")
+            time.sleep(0.1)
+        t1 = time.perf_counter()
+        first_row_s = first_row.seconds(timeout_s)
     cpu = usage_between(cpu_before, cpu_snapshot(t1))
     counted = sum(ends.values()) - sum(committed0.values())
     return PipelineResult(events_per_s=counted / (t1 - t0),
                           wall_s=time.perf_counter() - wall_start, dead_lettered=dead,
-                          counted_events=counted, cpu=cpu)
+                          counted_events=counted, cpu=cpu, first_row_s=first_row_s)
 
 
 def _table_keys(config: SnowflakeConfig, table: str, topic: str) -> list[tuple[str, str]]:
@@ -449,7 +453,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         args.pool_size = settings.pipeline.sink.pool_size
     out: dict[str, Any] = {"raw_consume_events_per_s": None, "raw_sink_events_per_s": None,
                            "pipeline_events_per_s": None, "ratio_vs_consume": None,
-                           "ratio_vs_sink": None, "e2e": None}
+                           "ratio_vs_sink": None, "first_row_s": None, "e2e": None}
     with bench_stack(settings, bootstrap=args.bootstrap, snowflake_port=args.snowflake_port,
                      name="pipeline") as (kafka, snowflake):
         workload = generate(WorkloadSpec(events=args.events, batch_size=args.e2e_batch,
@@ -512,6 +516,9 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
     table = config.snowflake.events_table
     result = run_pipeline(config, ends, args.timeout)
     out["pipeline_events_per_s"] = result.events_per_s
+    out["first_row_s"] = round(result.first_row_s, 2)
+    print(f"start -> first row   {result.first_row_s:>12.1f} s (start_pipeline called -> the "
+          "first batch committed)")
     print(f"(c) pipeline         {result.events_per_s:>12,.0f} events/s "
           f"({result.counted_events} events after all actors were up; wall {result.wall_s:.1f}s"
           " with startup)")
