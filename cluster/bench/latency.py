@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="offered rates in events/s instead of shares (the maximum is "
                         "still measured, for share_of_max)")
     parser.add_argument("--duration-s", type=float, default=20.0, help="seconds per rate")
+    parser.add_argument("--maximum", type=_size_rate, action="append", default=[],
+                        metavar="N=EVENTS_PER_S", help="take this maximum for N-event requests "
+                        "instead of measuring it (to offer the same rates across runs); "
+                        "repeatable")
     parser.add_argument("--max-s", type=float, default=10.0,
                         help="seconds of the closed-loop maximum phase")
     parser.add_argument("--max-concurrency", type=int,
@@ -109,6 +113,17 @@ def _positive_floats(text: str) -> list[float]:
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError("positive numbers, comma-separated")
     return values
+
+
+def _size_rate(text: str) -> tuple[int, float]:
+    size, sep, rate = text.partition("=")
+    try:
+        parsed = int(size), float(rate)
+    except ValueError:
+        parsed = (0, 0.0)
+    if not sep or parsed[0] < 1 or parsed[1] <= 0:
+        raise argparse.ArgumentTypeError("N=EVENTS_PER_S, e.g. 100=30000")
+    return parsed
 
 
 def _shares(text: str) -> list[float]:
@@ -344,6 +359,10 @@ class _Pool:
         self.open_now += 1
         return await asyncio.open_connection(self._host, self._port)
 
+    async def fresh(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection whatever the cap (a retry must not meet another stale one)."""
+        return await self._open()
+
     async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._idle:
             return self._idle.pop()
@@ -399,14 +418,13 @@ class _Driver:
     async def one(self, n: int, payload: bytes, scheduled: float) -> None:
         conn = await self.pool.get()
         self.lateness.append(self.loop.time() - scheduled)
-        try:
-            status = await _exchange(conn[0], conn[1], payload)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            # The server closed a keep-alive connection: counted, and the phase goes on.
-            await self.pool.discard(conn)
-            status = "closed"
-        else:
-            await self.pool.put(conn)
+        status = await self._send(conn, payload)
+        for _ in range(3):
+            if status != "closed":
+                break
+            # uvicorn closes a connection idle for 5 s: sent again on a new one, as an HTTP
+            # client does (the same event ids: a retry cannot make a second row).
+            status = await self._send(await self.pool.fresh(), payload)
         end = self.loop.time()
         self.last_end = max(self.last_end, end)
         if status == "202":
@@ -414,6 +432,16 @@ class _Driver:
             self.ack_ms.append((end - scheduled) * 1000)
         else:
             self.errors[status] = self.errors.get(status, 0) + 1
+
+    async def _send(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                    payload: bytes) -> str:
+        try:
+            status = await _exchange(conn[0], conn[1], payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.pool.discard(conn)
+            return "closed"
+        await self.pool.put(conn)
+        return status
 
     async def open_loop(self) -> tuple[float, float, int]:
         """Every request at its scheduled time; (t0, t0 epoch, requests)."""
@@ -702,8 +730,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             start_pipeline(config, ready_timeout_s=args.timeout)
             with _gateway(settings, kafka, config.topics.events, args.partitions) as url:
                 phases = _Phases(args, config, url)
+                given = dict(args.maximum)
                 for size in args.request_events:
-                    max_by_size[size] = phases.maximum(size)
+                    max_by_size[size] = given.get(size) or phases.maximum(size)
                     offered = args.rates or [s * max_by_size[size] for s in args.shares]
                     rates += [phases.offer(size, r, max_by_size[size]) for r in offered]
         finally:
