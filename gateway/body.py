@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from gateway.exceptions import ClientDisconnectedError, Problem, RequestRejectedError
 
@@ -99,9 +99,10 @@ class BodyReader:
         self.retry_after = retry_after
         self.deadlines = BodyDeadlines()
 
-    async def read(self, request: Request, claim: BodyClaim) -> bytes:
+    async def read(self, header: str | None, receive: Receive, claim: BodyClaim) -> bytes:
+        """The body from ASGI ``receive`` messages; ``header`` is the request's
+        Content-Length, if any."""
         limit = self.max_bytes
-        header = request.headers.get("content-length")
         declared: int | None = None
         if header is not None:
             if not header.isdigit():
@@ -119,7 +120,15 @@ class BodyReader:
         # From the handler's start, i.e. right after the request's headers arrived.
         reading[task] = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            async for chunk in request.stream():
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect: the client left
+                    raise ClientDisconnectedError(received, declared)
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                if not chunk:
+                    continue
                 received += len(chunk)
                 if received > limit:
                     raise too_large(received, limit)
@@ -137,13 +146,11 @@ class BodyReader:
                 f"({received} of {expected} bytes)",
                 [Problem(None, "$", f"body incomplete after {self.timeout_s:g}s")],
                 headers={"connection": "close"}) from None
-        except ClientDisconnect:
-            raise ClientDisconnectedError(received, declared) from None
         finally:
             del reading[task]
             if self.deadlines.expired:
                 self.deadlines.expired.discard(task)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def too_large(size: int, limit: int) -> RequestRejectedError:

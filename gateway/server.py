@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from starlette.applications import Starlette
 
 from actors.durability import check_durability
 from actors.secret import Secret, secret_dec_hook
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.config import GatewayConfig
 from gateway.exceptions import GatewayError
 
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def build_server(config: GatewayConfig, *, log_level: str = "warning",
-                 app: Starlette | None = None) -> Any:
+                 app: GatewayApp | None = None) -> Any:
     """A ``uvicorn.Server`` for the app (``create_app(config)`` unless given; not started)."""
     import uvicorn
 
@@ -52,7 +51,7 @@ def bound_url(server: Any) -> str:
 
 @contextmanager
 def serve_uvicorn(config: GatewayConfig, *, start_timeout_s: float = 30.0,
-                  app: Starlette | None = None) -> Iterator[str]:
+                  app: GatewayApp | None = None) -> Iterator[str]:
     """Serve the app in a background thread; yield its base URL; stop it on exit.
 
     Pass ``app`` (from ``create_app(config)``) to keep a handle on it, e.g. its
