@@ -18,6 +18,7 @@ acknowledged in time or fails; a request is accepted only when every record was 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -93,17 +94,20 @@ class Deliveries:
 
 class _Waiter:
     """Collects the delivery reports of one request: from the pump on the event loop, or
-    from the one thread that drains a retired or closing client (never both at once)."""
+    from the one thread that drains a retired or closing client (never both at once).
+    Its deadline is kept by the pump (``DeliveryProducer._expire``), not by a timer handle
+    per request."""
 
-    __slots__ = ("error", "future", "loop", "remaining", "results", "timer")
+    __slots__ = ("deadline", "error", "future", "loop", "remaining", "results", "thread")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, deadline: float) -> None:
         self.loop = loop
+        self.thread = threading.get_ident()  # the event loop's
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = count
         self.results = Deliveries(count)
         self.error: KafkaErrorLike | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline
 
     def delivered(self, index: int, err: KafkaErrorLike | None, msg: Any) -> None:
         if err is None:
@@ -112,14 +116,20 @@ class _Waiter:
         elif self.error is None:
             self.error = err
             # The request fails anyway: answer now rather than after the other reports.
-            self.loop.call_soon_threadsafe(self._finish)
+            self._finish_from_any_thread()
         self.remaining -= 1
         if self.remaining == 0 and self.error is None:
+            self._finish_from_any_thread()
+
+    def _finish_from_any_thread(self) -> None:
+        # On the loop (the pump's poll: the usual case) directly; call_soon_threadsafe would
+        # write to the loop's wake-up pipe, a system call per request.
+        if threading.get_ident() == self.thread:
+            self._finish()
+        else:
             self.loop.call_soon_threadsafe(self._finish)
 
     def _finish(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if not self.future.done():
             self.future.set_result(None)
 
@@ -136,6 +146,8 @@ class DeliveryProducer:
         self._pump_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._waiting = 0  # requests waiting for delivery reports
+        # Their waiters in the order they started (so by deadline): the pump ends those past it.
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._fatal: KafkaErrorLike | None = None
         self._last_error_log: dict[int, float] = {}
         self._loop_thread: int | None = None  # the event loop's thread: the only one that builds
@@ -190,12 +202,21 @@ class DeliveryProducer:
                 log.exception("producer callback failed generation=%d", self.generation)
             # A fatal error is repaired here too, so an idle replica heals without a request.
             self._rebuild_if_broken()
+            if self._waiters:
+                self._expire()
             if self._waiting:
                 await asyncio.sleep(_BUSY_POLL_S)
                 continue
             wake.clear()
             with contextlib.suppress(TimeoutError):  # idle: poll again for error callbacks
                 await asyncio.wait_for(wake.wait(), _IDLE_POLL_S)
+
+    def _expire(self) -> None:
+        """Forget answered waiters; end those past their deadline (their requests get 503)."""
+        waiters = self._waiters
+        now = waiters[0].loop.time()
+        while waiters and (waiters[0].future.done() or waiters[0].deadline <= now):
+            waiters.popleft()._finish()
 
     def _on_error(self, err: KafkaErrorLike, generation: int | None = None) -> None:
         """librdkafka's error callback: most errors are transient (it reconnects by itself);
@@ -257,9 +278,9 @@ class DeliveryProducer:
         if len(client) + count > self._queue_max:
             raise ProducerBusyError(f"producer queue full ({len(client)} records waiting)")
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop, count)
-        waiter.timer = loop.call_later(self._deadline_s, waiter._finish)
         give_up_at = loop.time() + self._deadline_s
+        waiter = _Waiter(loop, count, give_up_at)
+        self._waiters.append(waiter)
         topic, produce, delivered = self._topic, client.produce, waiter.delivered
         self._waiting += 1
         try:
@@ -275,14 +296,14 @@ class DeliveryProducer:
                     # (the pump drains the queue) rather than answer 429 for a request that
                     # is partly written.
                     if index == 0 or loop.time() >= give_up_at:
-                        waiter.timer.cancel()
+                        waiter._finish()
                         raise ProducerBusyError(_busy_message(index, count)) from None
                     if self._wake is not None:
                         self._wake.set()
                     await asyncio.sleep(_BUSY_POLL_S)
                     resume_at = index
                 except Exception as exc:
-                    waiter.timer.cancel()
+                    waiter._finish()
                     raise _produce_error(exc) from exc
                 else:
                     break
@@ -312,6 +333,8 @@ class DeliveryProducer:
             return
         # The pump has stopped: the flush serves the last reports from this one thread.
         left = await asyncio.to_thread(client.flush, timeout_s)
+        while self._waiters:  # no pump to keep their deadlines: answer them now (503 if short)
+            self._waiters.popleft()._finish()
         log.info("producer closed generation=%d unsent=%d", self.generation, left)
         if left:
             raise FlushError(f"flush left {left} records unsent after {timeout_s:g}s",
