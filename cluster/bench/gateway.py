@@ -3,10 +3,14 @@
 One run, one Kafka, the same app: (1) a plain produce loop (the producer's ceiling), (2) the
 app under plain uvicorn in ``--replicas`` subprocesses, (3) the app deployed on Ray Serve
 (HAProxy ingress, throughput-optimized, ``--replicas`` replicas) in an in-process Ray
-instance. Each HTTP setup gets two phases: 1-event requests and 1000-event requests, driven
-by a load generator in its own process (raw asyncio HTTP/1.1 with keep-alive at a fixed
-concurrency). Setups run one after the other so they do
-not compete for the CPUs. Loopback only; every phase is bounded by time and request count.
+instance. Each HTTP setup gets three phases, driven by a load generator in its own process
+(raw asyncio HTTP/1.1 with keep-alive at a fixed concurrency): 1-event requests at 32
+connections (bound by the producer's linger: each request waits ~linger for its ack, so the
+rate is about connections / latency whatever the CPU), 1-event requests at 256 connections
+(enough in flight that the CPU binds: the figure that compares Serve with uvicorn; at 512
+Serve's p99 reached 11 s and its CPU per request grew by half) and
+1000-event requests. Setups run one after the other so they do not compete for the CPUs.
+Loopback only; every phase is bounded by time and request count.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from actors.contract import (
     PaymentCaptured,
 )
 from actors.exceptions import EventrayError
-from cluster.bench.cpu_usage import OWN_ROLE, usage_between
+from cluster.bench.cpu_usage import OWN_ROLE, CpuSnapshot, usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import Settings
@@ -54,7 +58,18 @@ from gateway.server import encode_config
 
 _T = TypeVar("_T")
 
-TARGETS = {"single_ratio": 0.5, "batch_ratio": 0.85, "batch_vs_produce": 0.7}
+TARGETS = {"single_cpu_ratio": 0.9, "batch_ratio": 0.9, "batch_vs_produce": 0.7}
+# Per 1-event request (CPU-bound phase) and per event (1000-event requests), µs.
+CPU_TARGETS_US = {"single_cpu_replica": 150.0, "single_cpu_serve_side": 250.0,
+                  "batch_replica": 6.0}
+SERVE_REPLICA_ROLE = "gateway (Serve replica)"
+# Every process that serves requests in Serve's setup (HAProxy, the replica, Ray's own).
+SERVE_SIDE_ROLES = frozenset({SERVE_REPLICA_ROLE, "haproxy", "other ray workers",
+                              "ray system"})
+# Phase name -> (request kind, the argument holding its concurrency).
+PHASES = {"single": ("single", "single_concurrency"),
+          "single_cpu": ("single", "single_cpu_concurrency"),
+          "batch": ("batch", "batch_concurrency")}
 
 
 class BenchError(EventrayError):
@@ -66,7 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per phase")
-    parser.add_argument("--single-concurrency", type=int, default=32)
+    parser.add_argument("--single-concurrency", type=int, default=32,
+                        help="connections of the latency-bound 1-event phase")
+    parser.add_argument("--single-cpu-concurrency", type=int, default=256,
+                        help="connections of the CPU-bound 1-event phase")
     parser.add_argument("--batch-concurrency", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--produce-events", type=int, default=500_000,
@@ -128,8 +146,10 @@ class PhaseResult(msgspec.Struct):
     p50_ms: float
     p99_ms: float
     rounds: list[float] = []  # events/s of every round when this is the median one
-    # CPU seconds by role over the measured window (every process on the machine).
+    # CPU seconds by role over the measured window (the bench's own processes), and those
+    # of every other process on the machine (noise on a shared machine).
     cpu_s: dict[str, float] = {}
+    outside_cpu_s: float = 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -207,7 +227,8 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
     stop_at[0] = begin + spec.duration_s
     await asyncio.gather(*workers)
     elapsed = time.perf_counter() - begin
-    cpu = usage_between(cpu_before, cpu_snapshot(time.perf_counter()))
+    cpu, outside_s = _bench_usage(cpu_before, cpu_snapshot(time.perf_counter()),
+                                  os.getppid())
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -215,7 +236,43 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
             else 0.0
 
     return PhaseResult(len(latencies), len(latencies) * per_request, errors, elapsed,
-                       pct(0.50), pct(0.99), cpu_s=_relabel(cpu.by_role, "load generator"))
+                       pct(0.50), pct(0.99), cpu_s=_relabel(cpu, "load generator"),
+                       outside_cpu_s=outside_s)
+
+
+def _bench_usage(before: CpuSnapshot, after: CpuSnapshot,
+                 root: int) -> tuple[dict[str, float], float]:
+    """CPU seconds by role of the processes descending from ``root`` (the bench: its broker,
+    its uvicorn processes, its Ray instance with HAProxy and the replicas), and the CPU
+    seconds of every other process on the machine (other work on a shared machine, which
+    role names alone would count as this bench's: Ray workers of another Ray instance)."""
+    ours = _descendants(root) | {os.getpid()}
+    inside = CpuSnapshot(before.taken_at, {pid: v for pid, v in before.seconds.items()
+                                           if pid in ours})
+    by_role = usage_between(inside, CpuSnapshot(after.taken_at, {
+        pid: v for pid, v in after.seconds.items() if pid in ours})).by_role
+    total = sum(usage_between(before, after).by_role.values())
+    return by_role, max(total - sum(by_role.values()), 0.0)
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _relabel(by_role: dict[str, float], own: str) -> dict[str, float]:
@@ -313,10 +370,10 @@ def produce_ceiling(config: GatewayConfig, count: int) -> LoopResult:
             producer.poll(0)
     left = producer.flush(60)
     finished = time.perf_counter()
-    cpu = usage_between(cpu_before, cpu_snapshot(finished))
+    cpu, _ = _bench_usage(cpu_before, cpu_snapshot(finished), os.getpid())
     if left or done[1]:
         raise BenchError(f"produce loop: {left} unsent, {done[1]} failed deliveries")
-    return LoopResult(count / (finished - started), _relabel(cpu.by_role, "produce loop"))
+    return LoopResult(count / (finished - started), _relabel(cpu, "produce loop"))
 
 
 def _phases(urls: tuple[str, ...], args: argparse.Namespace) -> dict[str, PhaseResult]:
@@ -325,8 +382,8 @@ def _phases(urls: tuple[str, ...], args: argparse.Namespace) -> dict[str, PhaseR
     figure by 15-25%), carrying every round's events/s in ``rounds``."""
     common = {"duration_s": args.duration, "warmup_s": args.warmup,
               "max_requests": args.max_requests, "batch_size": args.batch_size}
-    specs = {"single": LoadSpec(urls, "single", concurrency=args.single_concurrency, **common),
-             "batch": LoadSpec(urls, "batch", concurrency=args.batch_concurrency, **common)}
+    specs = {phase: LoadSpec(urls, kind, concurrency=getattr(args, conc), **common)
+             for phase, (kind, conc) in PHASES.items()}
     runs: dict[str, list[PhaseResult]] = {kind: [] for kind in specs}
     for _ in range(args.rounds):
         for kind, spec in specs.items():
@@ -513,12 +570,14 @@ def _summary(results: dict[str, dict[str, PhaseResult]], loop: LoopResult,
              loop_events: int) -> dict[str, Any]:
     ceiling = loop.events_per_s
     summary: dict[str, Any] = {}
-    for kind in ("single", "batch"):
+    for kind in PHASES:
         serve = results.get("serve", {}).get(kind)
         raw = results.get("raw", {}).get(kind)
         entry: dict[str, Any] = {
             "serve_events_per_s": round(serve.events_per_s, 1) if serve else None,
             "raw_events_per_s": round(raw.events_per_s, 1) if raw else None,
+            "serve_requests_per_s": round(serve.requests_per_s, 1) if serve else None,
+            "raw_requests_per_s": round(raw.requests_per_s, 1) if raw else None,
             "ratio": round(serve.events_per_s / raw.events_per_s, 3)
             if serve and raw and raw.events_per_s else None,
             "serve_p99_ms": round(serve.p99_ms, 2) if serve else None,
@@ -534,7 +593,17 @@ def _summary(results: dict[str, dict[str, PhaseResult]], loop: LoopResult,
             "serve_cpu_us_per_event": cpu_per_event(serve.cpu_s, serve.events) if serve
             else None,
             "raw_cpu_us_per_event": cpu_per_event(raw.cpu_s, raw.events) if raw else None,
+            # Cores busy outside the bench meanwhile (other work on a shared machine).
+            "serve_outside_cores": round(serve.outside_cpu_s / serve.elapsed_s, 2)
+            if serve and serve.elapsed_s else None,
+            "raw_outside_cores": round(raw.outside_cpu_s / raw.elapsed_s, 2)
+            if raw and raw.elapsed_s else None,
         })
+        if serve:  # the replica alone, and every process that serves in Serve's setup
+            per_event = entry["serve_cpu_us_per_event"]
+            entry["serve_replica_cpu_us_per_event"] = per_event.get(SERVE_REPLICA_ROLE, 0.0)
+            entry["serve_side_cpu_us_per_event"] = round(
+                sum(us for role, us in per_event.items() if role in SERVE_SIDE_ROLES), 2)
         summary[kind] = entry
     summary["raw_produce_events_per_s"] = round(ceiling, 1)
     summary["raw_produce_cpu_us_per_event"] = cpu_per_event(loop.cpu_s, loop_events)
@@ -555,15 +624,19 @@ def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
           f"{'p50 ms':>9}{'p99 ms':>9}  errors")
     for setup in ("raw", "serve"):
         for kind, phase in results.get(setup, {}).items():
-            conc = args.single_concurrency if kind == "single" else args.batch_concurrency
-            label = "1 event" if kind == "single" else f"{args.batch_size} events"
+            request_kind, conc_arg = PHASES[kind]
+            conc = getattr(args, conc_arg)
+            label = "1 event" if request_kind == "single" else f"{args.batch_size} events"
             spread = ", ".join(f"{v:,.0f}" for v in phase.rounds)
             print(f"{'uvicorn' if setup == 'raw' else 'Ray Serve':<16}{label:<12}{conc:>5}"
                   f"{phase.requests_per_s:>10,.0f}{phase.events_per_s:>12,.0f}"
                   f"{phase.p50_ms:>9.2f}{phase.p99_ms:>9.2f}  {phase.errors or '-'}"
                   f"  (rounds, events/s: {spread})")
             kind_summary = summary[kind][f"{setup}_cpu_us_per_event"]
-            print(f"{'':<16}cpu µs/event: {_cpu_line(kind_summary)}")
+            unit = "request" if request_kind == "single" else "event"
+            outside = summary[kind][f"{setup}_outside_cores"]
+            print(f"{'':<16}cpu µs/{unit}: {_cpu_line(kind_summary)}"
+                  f" (outside the bench: {outside:.2f} cores)")
     produced = ", ".join(f"{v:,.0f}" for v in summary["raw_produce_rounds_events_per_s"])
     print(f"{'produce loop':<16}{'-':<12}{'-':>5}{'-':>10}{ceiling:>12,.0f}"
           f"{'':>36}(rounds, events/s: {produced})")
@@ -575,9 +648,27 @@ def _print(results: dict[str, dict[str, PhaseResult]], ceiling: float,
             return "n/a"
         return f"{value:.2f} ({'meets' if value >= target else 'below'} target {target})"
 
-    print("Serve / uvicorn, 1-event requests:    "
-          + verdict(summary["single"]["ratio"], TARGETS["single_ratio"]))
+    def at_most(value: float | None, target: float) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.1f} µs ({'meets' if value <= target else 'over'} target {target:g})"
+
+    single = summary["single"]["ratio"]
+    print(f"Serve / uvicorn, 1-event requests, {args.single_concurrency} connections "
+          f"(linger-bound): {'n/a' if single is None else f'{single:.2f}'}")
+    print(f"Serve / uvicorn, 1-event requests, {args.single_cpu_concurrency} connections "
+          "(CPU-bound): " + verdict(summary["single_cpu"]["ratio"], TARGETS["single_cpu_ratio"]))
     print(f"Serve / uvicorn, {args.batch_size}-event requests: "
           + verdict(summary["batch"]["ratio"], TARGETS["batch_ratio"]))
-    print("Serve batch / plain produce loop:     "
+    print("Serve batch / plain produce loop: "
           + verdict(summary["batch_serve_vs_produce"], TARGETS["batch_vs_produce"]))
+    cpu, batch = summary["single_cpu"], summary["batch"]
+    print("Serve replica CPU per 1-event request: "
+          + at_most(cpu.get("serve_replica_cpu_us_per_event"),
+                    CPU_TARGETS_US["single_cpu_replica"]))
+    print("Serve-side CPU (replica, HAProxy, Ray) per 1-event request: "
+          + at_most(cpu.get("serve_side_cpu_us_per_event"),
+                    CPU_TARGETS_US["single_cpu_serve_side"]))
+    print(f"Serve replica CPU per event, {args.batch_size}-event requests: "
+          + at_most(batch.get("serve_replica_cpu_us_per_event"),
+                    CPU_TARGETS_US["batch_replica"]))
