@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "latency": ("cluster.bench.latency",
                 "open-loop Poisson load at shares of the measured maximum: ack and "
                 "accept-to-row latency percentiles, lost, duplicated"),
+    "warehouse": ("cluster.bench.warehouse",
+                  "the sink's write transaction per table shape: emulator CPU per row vs DuckDB"),
 }
 
 
