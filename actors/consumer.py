@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import msgspec
 
+from actors import steady_gc
 from actors.batch_plan import BatchPlan, plan_batch
 from actors.batching import Accumulator
 from actors.config import PipelineConfig
@@ -363,6 +364,7 @@ class PartitionConsumer:
         window: DedupWindow | None = None  # rebuilt when the first batch is ready
         moves = self._move_guard(consumer)
         looked = 0.0  # when the partition count was last looked up
+        steady_gc.settle(cfg.consumer.batch_max_events)  # start-up's objects out of the GC's way
         while not self._stop.is_set():
             if pending is not None and _ready(pending.ref):
                 self._finish(pending, consumer)
