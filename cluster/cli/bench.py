@@ -23,6 +23,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                 "accept-to-row latency percentiles, lost, duplicated"),
     "warehouse": ("cluster.bench.warehouse",
                   "the sink's write transaction per table shape: emulator CPU per row vs DuckDB"),
+    "consumer": ("cluster.bench.consumer",
+                 "a partition consumer's CPU per event by stage, without Ray, vs raw consume"),
 }
 
 
