@@ -35,6 +35,7 @@ from actors.validation import reason_code, validate_batch
 
 CONTRACT_REASON: Final = "contract"
 _offset_of: Final = operator.attrgetter("offset")
+_value_of: Final = operator.attrgetter("value")
 
 
 class BatchPlan(msgspec.Struct, frozen=True):
@@ -224,17 +225,26 @@ def _decode_and_check(
     todo: list[SourceRecord] = []  # the records not dead-lettered before a restart
     special: list[tuple[SourceRecord, FieldError | None]] = []
     watermark = recovered.watermark
-    for record in records:
-        if record.offset <= watermark and recovered.already(record.offset):
-            special.append((record, None))
-        else:
-            todo.append(record)
-    events, positions, failures = codec.decode_each(
-        [record.value if record.value is not None else b"" for record in todo])
+    # Offsets ascend: a batch wholly past the watermark (the steady state) skips the loops.
+    past_watermark = not records or records[0].offset > watermark
+    if past_watermark:
+        todo = list(records)
+    else:
+        for record in records:
+            if record.offset <= watermark and recovered.already(record.offset):
+                special.append((record, None))
+            else:
+                todo.append(record)
+    values = list(map(_value_of, todo))
+    if None in values:
+        values = [b"" if value is None else value for value in values]
+    events, positions, failures = codec.decode_each(values)
     if failures:
         special += [(todo[at], describe_error(exc)) for at, exc in failures]
         special.sort(key=lambda item: item[0].offset)
-    decoded = [todo[at] for at in positions]
+    decoded = todo if len(positions) == len(todo) else [todo[at] for at in positions]
+    if past_watermark:
+        return decoded, events, validate_batch(events, rules, now), special
     # Positions in ``events`` of the fresh ones: a replayed record's first verdict was valid,
     # so it stays valid.
     fresh_at = [at for at, record in enumerate(decoded) if record.offset > watermark]

@@ -310,13 +310,18 @@ class EventCodec:
         events: list[Event] = []
         positions: list[int] = []
         failures: list[Failure] = []
-        for position, item in enumerate(items):
-            try:
-                events.append(decode(item))
-            except DECODE_FAILURES as exc:
-                failures.append((position, exc))
-            else:
-                positions.append(position)
+        try:  # every item at once first (a consumer's batch almost always decodes whole)
+            events = list(map(decode, items))
+            positions = list(range(len(events)))
+        except DECODE_FAILURES:
+            events = []
+            for position, item in enumerate(items):
+                try:
+                    events.append(decode(item))
+                except DECODE_FAILURES as exc:
+                    failures.append((position, exc))
+                else:
+                    positions.append(position)
         bad = charset_errors(events)
         if not bad:
             return events, positions, failures

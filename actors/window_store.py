@@ -233,11 +233,17 @@ class DiskWindow(DedupWindow):
         return found is not None and found[0] >= at_ms - self._window_ms and not found[1]
 
     def first_seen(self, key: DedupKey, at_ms: int, written: bool = True) -> bool:
-        kb = encode_key(key)
+        # Once per event: encode_key and _record's common case inlined.
+        kb = f"{key[0]}\0{key[1]}".encode()
         found = self._lookup(kb)
         if found is not None and found[0] >= at_ms - self._window_ms:
             return False
-        self._record(kb, at_ms, not written, found)
+        changes = self._open_layer.changes
+        if found is None and not self._restoring and kb not in changes:
+            changes[kb] = (at_ms, not written, None)  # a new key
+            self._len += 1
+        else:
+            self._record(kb, at_ms, not written, found)
         return True
 
     def mark_written(self, key: DedupKey, at_ms: int) -> None:
