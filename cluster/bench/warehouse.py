@@ -12,6 +12,8 @@ bound JSON array, qmark binding). For each candidate it prints:
   pipeline benchmark's "snowflake emulator" role shows;
 * ``in-process``: the same statements through fakesnow in this process (no HTTP, no server;
   sqlglot's transpilation + DuckDB), CPU per row: what the server adds is the difference;
+  both run with the emulator's speed-ups (``cluster.local.emulator_speedups``) unless
+  ``--stock-emulator``;
 * ``sink``: this process's CPU per row while it drove the emulator (encoding the rows,
   the connector's request: gzip at the sink's level, JSON, HTTP).
 
@@ -496,6 +498,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs of every candidate, interleaved; the least is reported")
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the in-process fakesnow figures")
+    parser.add_argument("--stock-emulator", action="store_true",
+                        help="fakesnow as it is, without cluster.local.emulator_speedups "
+                             "(in the emulator and in process)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
 
 
@@ -515,10 +520,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit("--rows must make at least two batches (the first is a warm-up)")
     sink: SinkConfig = settings.pipeline.sink
     set_request_compression(sink.request_compression_level)
+    speedups = not args.stock_emulator
+    if speedups:  # for the in-process figures; the emulator installs them itself
+        from cluster.local.emulator_speedups import install
+
+        install()
     workdir = Path(tempfile.mkdtemp(prefix="eventray-bench-warehouse-"))
-    emulator = LocalSnowflake(workdir / "emulator", port=0, log_dir=workdir)
+    emulator = LocalSnowflake(workdir / "emulator", port=0, log_dir=workdir, speedups=speedups)
     print(f"bench warehouse: {len(rows):,} rows per candidate in batches of {args.batch:,} "
-          f"(first batch a warm-up), emulator in {workdir}", flush=True)
+          f"(first batch a warm-up), emulator in {workdir}"
+          f"{'' if speedups else ', stock fakesnow (no speed-ups)'}", flush=True)
     by_name: dict[str, Result] = {}
     try:
         raw = _run_raw_duckdb(workdir / "raw", batches)
@@ -553,6 +564,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "rows_per_batch": args.batch, "batches": len(batches) - 1,
+            "emulator_speedups": speedups,
             "raw_duckdb_us_per_row": round(raw, 2),
             "candidates": [{
                 "name": r.name, "what": r.what,
