@@ -64,7 +64,7 @@ from actors.exceptions import (
 )
 from actors.metrics import SinkMetrics
 from actors.partition_moves import PartitionMark
-from actors.request_compression import set_request_compression
+from actors.request_compression import effective_level, set_request_compression
 from actors.retry_window import DecidedKey, replay_key
 from actors.rows import FlushResult, SinkBatch
 from actors.warehouse import (
@@ -314,7 +314,8 @@ class SnowflakeWriter:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            set_request_compression(self._sink.request_compression_level)
+            set_request_compression(effective_level(self._sink.request_compression_level,
+                                                    self._config.host))
             self._conn = snowflake.connector.connect(
                 **sink_connect_kwargs(self._config, self._sink), paramstyle="qmark",
                 autocommit=True, network_timeout=_NETWORK_TIMEOUT_S,

@@ -44,7 +44,7 @@ from typing import Any, Final
 import msgspec
 
 from actors.config import SinkConfig, SnowflakeConfig
-from actors.request_compression import set_request_compression
+from actors.request_compression import effective_level, set_request_compression
 from actors.rows import Body, EventRow, encode_rows, row_from_event
 from actors.warehouse import owner_sql, warehouse_sql
 from cluster.bench.workload import WorkloadSpec, generate
@@ -519,7 +519,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if len(batches) < 2:
         raise SystemExit("--rows must make at least two batches (the first is a warm-up)")
     sink: SinkConfig = settings.pipeline.sink
-    set_request_compression(sink.request_compression_level)
+    set_request_compression(effective_level(sink.request_compression_level, "127.0.0.1"))
     speedups = not args.stock_emulator
     if speedups:  # for the in-process figures; the emulator installs them itself
         from cluster.local.emulator_speedups import install
