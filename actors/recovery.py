@@ -97,6 +97,16 @@ def rebuild_at_start(config: PipelineConfig, partition: int, *, since_ms: int,
     window of ``dedup_max_keys``; at most its ``max_keys`` newest rows are read."""
     consumer = config.consumer
     topic = config.topics.events
+    if committed is None:
+        # Never written: no row of the partition exists (rows commit with their offset), and
+        # only dead letters below the committed offset enter the window (``stream_window``):
+        # the window is empty, with nothing to read (a fresh pipeline's first batch).
+        window = into if into is not None else DedupWindow(consumer.dedup_window_s,
+                                                           consumer.dedup_max_keys)
+        progress.finish(window)
+        log.info("retry window empty topic=%s partition=%d: never written, nothing to read",
+                 topic, partition)
+        return window
     limit = consumer.dedup_max_keys if into is None or into.max_keys is None else into.max_keys
     dead = read_recent_keys(config.kafka, config.topics.dead_letter, partition, since_ms,
                             stall_s=consumer.recovery_stall_s, progress=progress.dead_letters)

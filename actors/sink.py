@@ -184,8 +184,13 @@ class SnowflakeWriter:
         gets its owners table from its first take."""
         self._with_retries("ensure_tables", self._ensure_tables_once)
         if topic is not None:
-            for partition in range(partitions):
-                self._ensure_owner_table(topic, partition)
+            self.ensure_owner_tables(topic, partitions)
+
+    def ensure_owner_tables(self, topic: str, partitions: int) -> None:
+        """The owners tables of ``topic``'s partitions ``0 .. partitions - 1`` (each created
+        once per writer)."""
+        for partition in range(partitions):
+            self._ensure_owner_table(topic, partition)
 
     def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
         """Take a new owner epoch of ``topic``/``partition`` for ``owner`` (a consumer life)
@@ -625,6 +630,7 @@ class SnowflakeSink:
         self._metrics = _actor_metrics()
         self._busy_s = 0.0  # wall seconds inside write(), failed writes included
         self._writes = 0
+        self._tables_ready = False  # this life created (or found) the events and offsets tables
 
     def __repr__(self) -> str:
         """``sink(1 wrote=events/1,3)``; no Ray calls. Which partitions it serves is the
@@ -646,13 +652,34 @@ class SnowflakeSink:
         return SinkLoad(node_id=self.ping(), busy_s=self._busy_s, writes=self._writes)
 
     def ensure_tables(self, topic: str | None = None, partitions: int = 0) -> None:
-        self._writer.ensure_tables(topic, partitions)
+        """The tables, and the owners tables of ``topic``'s first ``partitions``. Once per
+        actor life: consumers created beside the supervisor ask too, and wait for the answer
+        before their first take (``PartitionConsumer``), so one sink runs all this DDL."""
+        if not self._tables_ready:
+            self._writer.ensure_tables(topic, partitions)
+            self._tables_ready = True
+        elif topic is not None:
+            self._writer.ensure_owner_tables(topic, partitions)
 
     def take_ownership(self, topic: str, partition: int, owner: str, expected: int) -> int:
         return self._writer.take_ownership(topic, partition, owner, expected)
 
+    def take_ownership_and_offset(self, topic: str, partition: int, owner: str,
+                                  expected: int) -> tuple[int, int | None]:
+        """``take_ownership``, then the partition's committed offset (read after the take:
+        no older owner commits past it): a consumer's start in one call, so partitions that
+        share this sink start one after another instead of interleaving their calls."""
+        epoch = self._writer.take_ownership(topic, partition, owner, expected)
+        return epoch, self._writer.committed_offset(topic, partition)
+
     def owner_epoch(self, topic: str, partition: int) -> int | None:
         return self._writer.owner_epoch(topic, partition)
+
+    def owner_epoch_and_offset(self, topic: str, partition: int) -> tuple[int | None, int | None]:
+        """``owner_epoch`` and the committed offset read after it, in one call (the check of
+        a consumer session that restarts)."""
+        return (self._writer.owner_epoch(topic, partition),
+                self._writer.committed_offset(topic, partition))
 
     def write(self, batch: SinkBatch, epoch: int) -> FlushResult:
         started = time.monotonic()

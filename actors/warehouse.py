@@ -25,8 +25,8 @@ upper-case):
   (``OWNER``) and the token of the last write transaction that held it (``WRITE_TOKEN``). One
   table per partition because Snowflake's UPDATE lock covers the table, not the row: with one
   owners table every partition's write transaction would wait for every other's. Created by
-  ``ensure_tables`` for the partitions known then and by the first take of a partition added
-  later, always as its own autocommit statement (DDL commits an open transaction in
+  the partition's first take on each sink (and by ``ensure_tables`` for the partitions it is
+  given), always as its own autocommit statement (DDL commits an open transaction in
   Snowflake), never inside a take or a write. The fencing (``actors.sink``,
   docs/guarantees.md):
 

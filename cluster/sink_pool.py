@@ -92,9 +92,11 @@ class SinkPool:
         for index in range(size):
             if index not in existing:
                 self._create(index)
-        self._check_ready(size)
         writing = {p: n for p, c in enumerate(consumers)
                    if c is not None and (n := sink_number(c.sink)) is not None}
+        # Readiness decides where partitions move; with no consumer writing yet (a fresh
+        # pipeline) nothing moves, so the round does not wait for new sinks to answer.
+        self._check_ready(size, _PING_WAIT_S if writing else 0.0)
         # A partition nobody reported yet starts where a fresh pool puts it (p % size).
         current = {p: s for p, s in {**initial(partitions, size).sinks,
                                      **self._assignment.sinks, **writing}.items()
@@ -141,8 +143,9 @@ class SinkPool:
             self.changed_at = time.monotonic()
         self.wanted = None
 
-    def _check_ready(self, size: int) -> None:
-        """Ping the sinks not known to answer yet (each ping kept until it answers)."""
+    def _check_ready(self, size: int, wait_s: float) -> None:
+        """Ping the sinks not known to answer yet (each ping kept until it answers), waiting
+        up to ``wait_s`` for them."""
         import ray
 
         self._ready &= set(range(size))
@@ -155,7 +158,7 @@ class SinkPool:
         if not self._pings:
             return
         refs = list(self._pings.values())
-        ray.wait(refs, num_returns=len(refs), timeout=_PING_WAIT_S)
+        ray.wait(refs, num_returns=len(refs), timeout=wait_s)
         for index, ref in list(self._pings.items()):
             done, _ = ray.wait([ref], timeout=0)
             if not done:

@@ -8,7 +8,10 @@
   which partition writes through which sink (``cluster.sink_pool``): a pool size changed by a
   new start or by the scaling policy is applied online, partitions moving between live sinks;
 * creates one ``PartitionConsumer`` per partition (``consumer:<topic>:<p>``, detached,
-  restartable, spread over the nodes);
+  restartable, spread over the nodes) in the same round, without waiting for the sinks or the
+  tables: a consumer created before the tables are known to exist waits for ``sink:0``'s
+  ``ensure_tables`` before its first take. A fresh pipeline's actors are created pair by pair
+  (a sink, then the first consumer writing through it), so the first pair runs first;
 * every ``metrics_interval_s`` exports lag, drain time and pool size, and, with
   ``pipeline.autoscale.enabled``, asks the scaling policy (``cluster.autoscale_policy``) for
   the pool's size, logging and exporting each decision;
@@ -177,9 +180,14 @@ def totals_of(partitions: list[PartitionStatus]) -> PipelineTotals:
 class Supervisor:
     """The supervisor actor body (run it threaded: ``max_concurrency`` > 1)."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, *, wait_for_start: bool = False) -> None:
         self._config = config
         self._stop = threading.Event()
+        # wait_for_start: created by start_pipeline while it still probes Kafka and Snowflake,
+        # so its loop reconciles nothing before start(); a life Ray restarted heals at once.
+        self._begun = threading.Event()
+        if not wait_for_start or _restarted():
+            self._begun.set()
         self._reconcile_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._partitions = 0
@@ -191,6 +199,10 @@ class Supervisor:
         self._pool = SinkPool(config, self._ensure_sink,
                               lambda name: find_actor(name, config.namespace))
         self._autoscale = AutoscaleStatus(enabled=config.autoscale.enabled)
+        # The sink's module imports the Snowflake connector (~0.3 s of CPU): imported while the
+        # first round talks to Kafka, not after it, when the first sink is created.
+        threading.Thread(target=_import_sink_module, name="eventray-import-sink",
+                         daemon=True).start()
         # Started here so that a restarted supervisor resumes healing by itself.
         self._thread = threading.Thread(target=self._loop, name="eventray-supervisor",
                                         daemon=True)
@@ -211,6 +223,7 @@ class Supervisor:
         while the tables are pending, up to ``timeout_s``; the lock is free between rounds."""
         deadline = time.monotonic() + timeout_s
         self._pool.requested_by_start()
+        self._begun.set()
         while True:
             try:
                 reconciled = self._reconcile(lock_wait_s=_LOCK_WAIT_S)
@@ -325,6 +338,8 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._config.reconcile_interval_s):
+            if not self._begun.is_set():
+                continue
             try:
                 self._reconcile(lock_wait_s=0)  # start() is reconciling: skip this round
             except Exception as exc:  # recorded in status(), retried next interval
@@ -405,51 +420,79 @@ class Supervisor:
         from actors.kafka_admin import ensure_topics, partition_counts
 
         cfg = self._config
-        counts = partition_counts(cfg.kafka, [cfg.topics.events, cfg.topics.dead_letter])
-        if (cfg.topics.events not in counts
-                or counts.get(cfg.topics.dead_letter, 0) < counts[cfg.topics.events]):
+        events, dead_letter = cfg.topics.events, cfg.topics.dead_letter
+        counts = partition_counts(cfg.kafka, [events, dead_letter])
+        if events not in counts:
             ensure_topics(cfg.kafka, cfg.topics)
-            counts = partition_counts(cfg.kafka, [cfg.topics.events])
-        partitions = counts[cfg.topics.events]
+            counts = partition_counts(cfg.kafka, [events, dead_letter])
+        partitions = counts[events]
         if partitions > self._partitions and self._partitions:
-            log.info("partitions added topic=%s %d->%d", cfg.topics.events,
-                     self._partitions, partitions)
+            log.info("partitions added topic=%s %d->%d", events, self._partitions, partitions)
+        fresh = self._pool.size is None and self._nothing_runs()
+        if not self._tables_ready:  # asked first: the DDL runs while the rest starts
+            self._ask_tables()
+        if counts.get(dead_letter, 0) < partitions:  # before a consumer dead-letters to it
+            ensure_topics(cfg.kafka, cfg.topics)
         statuses = self._consumer_statuses(partitions)
+        if fresh:
+            self._start_in_pairs(partitions)
         self._pool.reconcile(partitions, statuses)  # sizes, creates, assigns, retires sinks
-        if not self._tables_ready:
-            self._ensure_tables(self._ensure_sink(0), partitions)
         self._replace_fenced(statuses)
         assignment = self._pool.assignment()
         for p in range(partitions):
             if self._stop.is_set():  # a shutdown waits for this round: create nothing more
                 return
             self._ensure_consumer(p, assignment.sink_of(p))
+        if not self._tables_ready:
+            self._await_tables()
         with self._state_lock:
             self._partitions = partitions
             self._reconciled_at = time.time()
             self._last_error = None
 
-    def _ensure_tables(self, sink: Any, partitions: int) -> None:
-        """Have the first sink create the tables (with the owners tables of the ``partitions``
-        known now), waiting ``_CALL_TIMEOUT_S`` for it per round.
+    def _nothing_runs(self) -> bool:
+        """No sink and no consumer in the namespace: a fresh pipeline (not a restarted
+        supervisor's)."""
+        names = pipeline_actors(self._config.namespace)
+        return not names.sinks and not names.consumers
 
-        One call, kept pending across rounds (not one more per round): a warehouse that does
-        not answer fails each round with a clear error (``status().last_error``) instead of
-        holding the lock, and consumers are created once the tables exist.
+    def _start_in_pairs(self, partitions: int) -> None:
+        """A fresh pipeline: each sink created with the first consumer that writes through it,
+        pair after pair (where a fresh pool puts partitions, ``p % pool_size``), before the
+        other consumers. Ray starts a node's worker processes a few at a time (as many as it
+        has cores): the first pair to run commits the first rows while the rest start."""
+        size = self._pool.current_size()
+        for index in range(size):
+            self._ensure_sink(index)
+            if index < partitions:
+                self._ensure_consumer(index, index)
+
+    def _ask_tables(self) -> None:
+        """Have the first sink create the events and offsets tables: one call, kept pending
+        across rounds (not one more per round). Each partition's owners table comes with its
+        first take, on the sink it writes through (different tables: no conflict)."""
+        if self._tables_call is None:
+            self._tables_call = self._ensure_sink(0).ensure_tables.remote()
+
+    def _await_tables(self) -> None:
+        """Wait ``_CALL_TIMEOUT_S`` per round for the tables asked by ``_ask_tables``.
+
+        Consumers are created meanwhile: until the supervisor knows the tables exist, each new
+        one waits for the same sink's ``ensure_tables`` before its first take. A warehouse that
+        does not answer fails each round with a clear error (``status().last_error``) instead
+        of holding the lock.
         """
         import ray
 
         from cluster.preflight import snowflake_location
 
-        if self._tables_call is None:
-            self._tables_call = sink.ensure_tables.remote(self._config.topics.events, partitions)
         try:
             ray.get(self._tables_call, timeout=_CALL_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise TablesPendingError(
                 f"{sink_name(0)} has not created the tables yet (waited {_CALL_TIMEOUT_S:g}s "
                 f"this round; Snowflake at {snowflake_location(self._config.snowflake)}); the "
-                f"consumers are created once it has") from None
+                f"consumers wait for it") from None
         except Exception:
             self._tables_call = None  # it failed: the next round asks again
             raise
@@ -501,6 +544,8 @@ class Supervisor:
         return handle
 
     def _ensure_consumer(self, partition: int, sink: int | None) -> Any:
+        """The partition's consumer, created when missing; one created before the tables are
+        known to exist waits for them (``_await_tables``)."""
         from actors.consumer import partition_consumer_actor
 
         cfg = self._config
@@ -515,7 +560,7 @@ class Supervisor:
                 max_restarts=cfg.consumer.max_restarts, num_cpus=cfg.consumer.num_cpus,
                 memory=cfg.consumer.memory_bytes or None,  # 0: reserve none
                 max_concurrency=4, scheduling_strategy="SPREAD",
-            ).remote(cfg, partition, sink)
+            ).remote(cfg, partition, sink, None if self._tables_ready else 0)
         return handle
 
     def _ask_all(self, names: list[str], method: str) -> list[tuple[Any, str | None]]:
@@ -547,6 +592,21 @@ def _as(value: Any, kind: type[Any]) -> Any:
     return value if isinstance(value, kind) else None
 
 
+def _import_sink_module() -> None:
+    import actors.sink  # noqa: F401
+
+
+def _restarted() -> bool:
+    """Whether this actor is a life Ray restarted."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():  # Ray's own property reads its deprecated actor_id
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 def find_actor(name: str, namespace: str) -> Any:
     """The handle of a live (or restarting) named actor, None when there is none."""
     import ray
@@ -572,20 +632,28 @@ def start_pipeline(config: PipelineConfig, *, ready_timeout_s: float = 180.0) ->
     ``topics.durability`` is local). A supervisor already running in the namespace with other
     settings gets them by replacement (see the module docstring), or, for settings a running
     pipeline cannot take, ``ConfigChangeRefusedError`` names them and nothing is changed.
+
+    With no supervisor running, one is created before those checks, so that its worker process
+    starts while they run; it reconciles nothing until ``start`` and is killed when a check
+    fails.
     """
     import ray
 
     from actors.durability import check_durability
     from cluster.preflight import check_pipeline
 
-    check_pipeline(config)
-    check_durability(config.kafka, config.topics,
-                     [config.topics.events, config.topics.dead_letter])
+    early = (None if find_actor(SUPERVISOR_NAME, config.namespace) is not None
+             else _create_supervisor(config, wait_for_start=True))
+    try:
+        check_pipeline(config)
+        check_durability(config.kafka, config.topics,
+                         [config.topics.events, config.topics.dead_letter])
+    except BaseException:
+        if early is not None:  # it has created nothing: it waits for start()
+            ray.kill(early, no_restart=True)
+        raise
     _replace_if_changed(config, timeout_s=ready_timeout_s)
-    supervisor = supervisor_actor().options(
-        name=SUPERVISOR_NAME, namespace=config.namespace, lifetime="detached",
-        get_if_exists=True, max_restarts=-1, max_concurrency=8, num_cpus=0,
-    ).remote(config)
+    supervisor = _create_supervisor(config, wait_for_start=False)  # or the one running
     partitions = ray.get(supervisor.start.remote(ready_timeout_s / 2), timeout=ready_timeout_s)
     deadline = time.monotonic() + ready_timeout_s
     while not ray.get(supervisor.ready.remote(), timeout=ready_timeout_s):
@@ -594,6 +662,14 @@ def start_pipeline(config: PipelineConfig, *, ready_timeout_s: float = 180.0) ->
         time.sleep(0.5)
     log.info("pipeline ready namespace=%s partitions=%d", config.namespace, partitions)
     return supervisor
+
+
+def _create_supervisor(config: PipelineConfig, *, wait_for_start: bool) -> Any:
+    """The named, detached supervisor: created, or the running one (``get_if_exists``)."""
+    return supervisor_actor().options(
+        name=SUPERVISOR_NAME, namespace=config.namespace, lifetime="detached",
+        get_if_exists=True, max_restarts=-1, max_concurrency=8, num_cpus=0,
+    ).remote(config, wait_for_start=wait_for_start)
 
 
 def _replace_if_changed(config: PipelineConfig, timeout_s: float) -> None:

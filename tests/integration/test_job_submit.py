@@ -125,6 +125,16 @@ def test_a_job_pointed_at_a_closed_port_fails_naming_the_setting(
     assert result.returncode != 0, text[-5000:]
     assert f"python -m cluster.job: error: {message.format(port=closed)}" in text, text[-5000:]
     assert "Traceback" not in text, text[-5000:]
+    # The supervisor created while the services were probed (so that its process starts
+    # meanwhile) created nothing and is gone.
+    from ray.util.state import list_actors
+
+    def nothing_left() -> bool:
+        return [a.name for a in list_actors(address=info.dashboard_url,
+                                            filters=[("ray_namespace", "=", "eventray")])
+                if a.state != "DEAD"] == []
+
+    wait_for("the failed job's supervisor to be gone", nothing_left, timeout=60)
 
 
 def test_a_restarted_ray_head_gets_the_stacks_addresses_again(

@@ -212,9 +212,38 @@ def test_a_warehouse_that_never_answers_blocks_neither_status_nor_stop(
 
         wait_for("status to report the pending tables", tables_pending, timeout=120)
         status = get_status(config, timeout_s=30)
-        assert status is not None and status.partitions[0].state == "unreachable"
+        # The consumers are created beside the sinks and wait for the tables: none runs (one
+        # still in its constructor does not answer).
+        assert status is not None
+        assert {p.state for p in status.partitions} <= {"starting", "unreachable"}
         assert stop_pipeline(config, timeout_s=60) is True  # raised GetTimeoutError before
         assert named_actors(namespace) == []
     finally:
         for name in named_actors(namespace):
             ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+
+
+def test_a_supervisor_created_ahead_of_its_start_creates_nothing_before_it(
+        ray_session: None, kafka_connection: KafkaConnection,
+        snowflake_config: SnowflakeConfig) -> None:
+    """What start_pipeline creates while it probes Kafka and Snowflake: its loop reconciles
+    nothing (here over 10 of its intervals) until start() is called."""
+    settings = pipeline_settings(kafka_connection, snowflake_config, partitions=2,
+                                 pool_size=1, batch_max_events=100).with_overrides(
+        {"pipeline.reconcile_interval_s": 0.2})
+    config = settings.pipeline_config()
+    namespace = config.namespace
+    supervisor = supervisor_actor().options(
+        name=SUPERVISOR_NAME, namespace=namespace, lifetime="detached", max_restarts=-1,
+        max_concurrency=8, num_cpus=0,
+    ).remote(config, wait_for_start=True)
+    try:
+        ray.get(supervisor.config.remote(), timeout=60)  # it runs
+        stopped = threading.Event()
+        stopped.wait(2.0)
+        assert named_actors(namespace) == [SUPERVISOR_NAME]
+        assert ray.get(supervisor.start.remote(), timeout=120) == 2
+        assert {sink_name(0), consumer_name(config.topics.events, 0),
+                consumer_name(config.topics.events, 1)} <= set(named_actors(namespace))
+    finally:
+        stop_pipeline(config, timeout_s=60)
