@@ -198,6 +198,10 @@ class ConsumerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # record: up to this much latency, traded for batches large enough for the warehouse
     # (per row, the emulator's INSERT cost 28 us in 20k-row batches, 43 in 5k).
     batch_max_wait_s: PositiveFloat = 1.0
+    # Flush a batch as soon as a read comes back short (the partition is caught up) while none
+    # of the partition's batches is being written: light load gets latency, heavy load (a write
+    # always in flight) keeps gathering, so batches grow with the warehouse's write time.
+    flush_when_caught_up: bool = True
     poll_timeout_s: PositiveFloat = 0.2
     dedup_window_s: PositiveFloat = 24 * 3600.0
     # Keys a partition's window holds at most: on disk ~41 bytes each (4 GB at 100 million,

@@ -421,6 +421,7 @@ class PartitionConsumer:
         window: DedupWindow | None = None  # rebuilt when the first batch is ready
         moves = self._move_guard(consumer)
         looked = 0.0  # when the partition count was last looked up
+        flush_caught_up = cfg.consumer.flush_when_caught_up
         steady_gc.settle(cfg.consumer.batch_max_events)  # start-up's objects out of the GC's way
         while not self._stop.is_set():
             if pending is not None and _ready(pending.ref):
@@ -432,7 +433,8 @@ class PartitionConsumer:
                                     timeout=cfg.consumer.poll_timeout_s)
             records, nbytes = self._records(reader, msgs)
             acc.add(records, time.monotonic(), nbytes)
-            if not acc.full(time.monotonic(), drained=not records):
+            idle = flush_caught_up and (pending is None or _ready(pending.ref))
+            if not acc.full(time.monotonic(), drained=not records, idle=idle):
                 if not records and time.monotonic() - looked >= _IDLE_LOOK_S:
                     pending, next_from = self._idle_look(
                         consumer, moves, next_from, window=window, pending=pending, acc=acc)

@@ -92,3 +92,39 @@ def usage_between(before: CpuSnapshot, after: CpuSnapshot) -> CpuReport:
         start = before.seconds.get(pid, (0.0, role))[0]
         by_role[role] = by_role.get(role, 0.0) + max(secs - start, 0.0)
     return CpuReport(after.taken_at - before.taken_at, by_role)
+
+
+def descendants(root: int) -> set[int]:
+    """``root`` and every process below it, from /proc's parent links (the bench's broker,
+    emulator, Ray instance, gateway): on a shared machine other work stays out of its figures."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def only(snap: CpuSnapshot, pids: set[int]) -> CpuSnapshot:
+    """``snap`` restricted to ``pids``."""
+    return CpuSnapshot(snap.taken_at, {p: v for p, v in snap.seconds.items() if p in pids})
+
+
+def tree_usage_between(before: CpuSnapshot, after: CpuSnapshot,
+                       root: int | None = None) -> tuple[CpuReport, float]:
+    """``usage_between`` for the processes descending from ``root`` (default: this process),
+    and the CPU seconds every other process on the machine used meanwhile."""
+    ours = descendants(os.getpid() if root is None else root) | {os.getpid()}
+    report = usage_between(only(before, ours), only(after, ours))
+    outside = sum(usage_between(before, after).by_role.values()) - sum(report.by_role.values())
+    return report, max(outside, 0.0)

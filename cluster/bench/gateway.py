@@ -48,7 +48,7 @@ from actors.contract import (
     PaymentCaptured,
 )
 from actors.exceptions import EventrayError
-from cluster.bench.cpu_usage import OWN_ROLE, CpuSnapshot, usage_between
+from cluster.bench.cpu_usage import OWN_ROLE, CpuSnapshot, tree_usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import Settings
@@ -246,33 +246,8 @@ def _bench_usage(before: CpuSnapshot, after: CpuSnapshot,
     its uvicorn processes, its Ray instance with HAProxy and the replicas), and the CPU
     seconds of every other process on the machine (other work on a shared machine, which
     role names alone would count as this bench's: Ray workers of another Ray instance)."""
-    ours = _descendants(root) | {os.getpid()}
-    inside = CpuSnapshot(before.taken_at, {pid: v for pid, v in before.seconds.items()
-                                           if pid in ours})
-    by_role = usage_between(inside, CpuSnapshot(after.taken_at, {
-        pid: v for pid, v in after.seconds.items() if pid in ours})).by_role
-    total = sum(usage_between(before, after).by_role.values())
-    return by_role, max(total - sum(by_role.values()), 0.0)
-
-
-def _descendants(root: int) -> set[int]:
-    """``root`` and every process below it, from /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # exited while we looked
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = {root}, [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    report, outside = tree_usage_between(before, after, root)
+    return report.by_role, outside
 
 
 def _relabel(by_role: dict[str, float], own: str) -> dict[str, float]:

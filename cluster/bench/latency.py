@@ -32,7 +32,6 @@ import asyncio
 import json
 import math
 import multiprocessing
-import os
 import random
 import time
 import uuid
@@ -45,8 +44,8 @@ from typing import Any, Final
 import msgspec
 
 from actors.config import KafkaConnection, PipelineConfig, SnowflakeConfig
-from cluster.bench.cpu_usage import CpuSnapshot, usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.bench.cpu_usage import tree_usage_between
 from cluster.bench.stack import BenchError, bench_stack, create_topic
 from cluster.settings import Settings
 
@@ -601,29 +600,6 @@ def _rows(config: SnowflakeConfig, run_id: str) -> _Rows:
                  last_written_epoch=max(written, default=0.0))
 
 
-def _descendants(root: int) -> set[int]:
-    """``root`` and every process under it (the bench's broker, emulator, Ray, gateway): on a
-    shared machine other people's processes stay out of the CPU figures."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # exited while we looked
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        out.add(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _own(snap: CpuSnapshot, pids: set[int]) -> CpuSnapshot:
-    return CpuSnapshot(snap.taken_at, {p: v for p, v in snap.seconds.items() if p in pids})
-
-
 def _cpu_us(by_role: dict[str, float], events: int) -> dict[str, float]:
     return {role: round(secs / events * 1e6, 1)
             for role, secs in sorted(by_role.items(), key=lambda i: -i[1])
@@ -677,8 +653,7 @@ class _Phases:
                                  max_connections=args.max_connections,
                                  seed=args.seed + self.count))
         _wait_drained(self.config, args.timeout)
-        mine = _descendants(os.getpid())
-        cpu = usage_between(_own(cpu_before, mine), _own(cpu_snapshot(time.perf_counter()), mine))
+        cpu, _ = tree_usage_between(cpu_before, cpu_snapshot(time.perf_counter()))
         rows = _rows(self.config.snowflake, run_id)
         accepted_events = len(load.accepted) * request_events
         # The load process has exited by the second snapshot: its CPU is not in these figures.
