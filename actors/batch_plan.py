@@ -29,7 +29,7 @@ from actors.contract import HEADER_ACCEPTED_AT_MS, Event, EventCodec, FieldError
 from actors.dead_letter import NOTHING_RECOVERED, DeadLetter, Recovered, event_key
 from actors.exceptions import EventrayError
 from actors.records import Forward, SourceHeaders, SourceRecord
-from actors.retry_window import DISORDER_SLACK_MS, DedupKey, DedupWindow, replay_key
+from actors.retry_window import DISORDER_SLACK_MS, DedupWindow, replay_key
 from actors.rows import EventRow, SinkBatch, encode_rows, row_from_event
 from actors.validation import reason_code, validate_batch
 
@@ -171,15 +171,15 @@ def _decide(records: Sequence[SourceRecord], events: Sequence[Event],
             if not first_seen(key, at_ms, reason is None):
                 duplicates += 1
                 continue
-        elif not first_seen(replay_key(replay_of), at_ms):
-            duplicates += 1  # its dead letter was replayed before
-            continue
-        elif not _admit_replayed_event(window, key, at_ms, written=reason is None):
-            # Held as if it had never come: a restarted window (rebuilt from what was written
-            # and dead-lettered) does not know this replay either.
-            window.discard(replay_key(replay_of))
+        elif window.written(key, at_ms) or not first_seen(replay_key(replay_of), at_ms):
+            # Its event was written meanwhile, or its dead letter replayed before: held as if
+            # it had never come, as a restarted window (rebuilt from what was written and
+            # dead-lettered) holds it. Its replay key is not added and then discarded: that
+            # dropped an older entry of the key too, which a rebuild reads back.
             duplicates += 1
             continue
+        else:
+            window.add(key, at_ms, reason is None)
         if reason is not None:
             dead_letter(record, reason)
         else:
@@ -187,19 +187,6 @@ def _decide(records: Sequence[SourceRecord], events: Sequence[Event],
                                    offset=record.offset, request_id=record.request_id,
                                    accepted_at_ms=at_ms, replay_of=replay_of))
     return duplicates
-
-
-def _admit_replayed_event(window: DedupWindow, key: DedupKey, at_ms: int, *,
-                          written: bool) -> bool:
-    """Whether a replay (its dead letter not replayed before) of the event ``key`` goes on:
-    not when the event was written as a row meanwhile. Marks the key ``written`` or not."""
-    if window.written(key, at_ms):
-        return False
-    if written:
-        window.mark_written(key, at_ms)
-    else:
-        window.add(key, at_ms, written=False)
-    return True
 
 
 def _remember_dead_letter(window: DedupWindow, record: SourceRecord, at_ms: int, *,

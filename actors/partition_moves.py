@@ -350,7 +350,7 @@ class MoveGuard:
             if account == REPLAY_NAMESPACE:
                 continue  # a replay goes back to its own partition
             if self._partition in self._homes_of(account.encode(), counts):
-                window.first_seen(decided.key, decided.accepted_at_ms, False)
+                window.add(decided.key, decided.accepted_at_ms, False)
                 loaded += 1
         self._loaded.add((count, other))
         log.info("dead letters of a partition loaded topic=%s partition=%d other=%d "

@@ -5,6 +5,13 @@ Decisions depend on accept times only, never on when a batch is planned: a recor
 ``t`` is a duplicate of a key accepted at ``t_k`` when ``|t - t_k| <= window``. So a batch
 planned again after a crash, later, with a window rebuilt from the warehouse and the
 dead-letter topic (``actors.window_rebuild``), decides exactly as it did the first time.
+
+What a key holds is a function of the rows and dead letters with it, whatever their order: the
+latest accept time of any of them, and the latest of a row. A rebuild reads only the rows and
+dead letters of the last window (and slack); were a held time to depend on older ones (the
+earliest of a chain of records each within the window of the one before, as when a record
+breaking the contract, dead-lettered whatever the window holds, left the held time as it was),
+a rebuilt window would hold other times than the live one and decide later retries otherwise.
 """
 
 from __future__ import annotations
@@ -48,10 +55,10 @@ class DedupWindow:
     """Event keys written or dead-lettered for this partition, each with its accept time, at
     most ``max_keys`` of them; and the replay keys (``replay_key``) of dead letters replayed.
 
-    A key held with accept time ``t_k`` makes a record accepted at ``t`` a duplicate when
-    ``t_k >= t - window``. Each event key remembers whether its event was written as a row or
-    only dead-lettered: a replay of a dead letter is let through unless its event is in the
-    table already.
+    A key held with accept time ``t_k`` (the latest of its rows and dead letters) makes a
+    record accepted at ``t`` a duplicate when ``t_k >= t - window``. Each event key also
+    remembers the latest accept time of a row with it (none when only dead-lettered): a replay
+    of a dead letter is let through unless its event was written within the window.
 
     ``evict`` only frees memory: it forgets keys too old to match any record still to come.
     Memory is bounded by ``max_keys`` (~340 bytes per key measured): past it the oldest key is
@@ -62,11 +69,14 @@ class DedupWindow:
     def __init__(self, window_s: float, max_keys: int | None = None) -> None:
         self._window_ms = int(window_s * 1000)
         self._max_keys = max_keys
-        self._held: dict[DedupKey, int] = {}  # key -> accept time (epoch ms)
-        # Held keys whose event was only dead-lettered (a few): the others were written.
-        self._dead: set[DedupKey] = set()
-        # (accept time, key) in insertion order; an entry whose key was re-added later (a new
-        # event with an id reused after the window) is skipped when it comes up.
+        # key -> the latest accept time (epoch ms) of a row or dead letter with it
+        self._held: dict[DedupKey, int] = {}
+        # Held keys whose latest row is not their held time (a few): the latest row's accept
+        # time, None when only dead-lettered. The others' latest row is their held time.
+        self._row_ms: dict[DedupKey, int | None] = {}
+        # (accept time, key) in insertion order; an entry whose key holds a later time since (a
+        # later row or dead letter, or an id reused after the window) is skipped when it comes
+        # up.
         self._order: collections.deque[tuple[int, DedupKey]] = collections.deque()
         self.evicted_early = 0  # keys forgotten inside their window because of max_keys
 
@@ -82,14 +92,9 @@ class DedupWindow:
         return len(self._held)
 
     def load(self, keys: Iterable[Sequence[str]], at_ms: int, *, written: bool = True) -> None:
-        """Keys accepted at ``at_ms`` (``written``: as rows; else dead-lettered). A written key
-        marks a held one written; a dead-lettered one leaves it as it is."""
+        """Keys accepted at ``at_ms`` (``written``: as rows; else dead-lettered), as ``add``."""
         for account_id, event_id in keys:
-            key = (str(account_id), str(event_id))
-            if written:
-                self.mark_written(key, at_ms)
-            else:
-                self.first_seen(key, at_ms, False)
+            self.add((str(account_id), str(event_id)), at_ms, written)
 
     def seen(self, key: DedupKey) -> bool:
         """Whether ``key`` is held at all (whatever its accept time)."""
@@ -98,39 +103,55 @@ class DedupWindow:
     def written(self, key: DedupKey, at_ms: int) -> bool:
         """Whether ``key``'s event was written as a row within the window of ``at_ms``."""
         held = self._held.get(key)
-        return (held is not None and held >= at_ms - self._window_ms
-                and key not in self._dead)
+        if held is None:
+            return False
+        row_ms = self._row_ms.get(key, held)
+        return row_ms is not None and row_ms >= at_ms - self._window_ms
 
     def add(self, key: DedupKey, at_ms: int, written: bool = True) -> None:
-        self.first_seen(key, at_ms, written)
+        """A row (``written``) or dead letter with ``key`` accepted at ``at_ms``, whatever the
+        window held (a record breaking the contract, a replay let through, a rebuild's key):
+        the key holds the later of its accept times, and of its rows'."""
+        held = self._held
+        before = held.get(key)
+        if before is None:
+            if self._max_keys is not None and len(held) >= self._max_keys:
+                self._forget_oldest()
+            held[key] = at_ms
+            if not written:
+                self._row_ms[key] = None
+            self._order.append((at_ms, key))
+            return
+        row_ms = self._row_ms.get(key, before)
+        if written and (row_ms is None or at_ms > row_ms):
+            row_ms = at_ms
+        if at_ms > before:
+            held[key] = before = at_ms
+            self._order.append((at_ms, key))
+        if row_ms == before:
+            self._row_ms.pop(key, None)
+        else:
+            self._row_ms[key] = row_ms
 
     def first_seen(self, key: DedupKey, at_ms: int, written: bool = True) -> bool:
         """Add ``key`` unless a record accepted within the window of ``at_ms`` holds it; True
         when added (not a duplicate). ``written``: the key's event becomes a row (False: it is
         dead-lettered)."""
-        held = self._held
-        if key in held:
-            if held[key] >= at_ms - self._window_ms:
-                return False
-            self._dead.discard(key)  # an id reused after the window: a new event
-        elif self._max_keys is not None and len(held) >= self._max_keys:
-            self._forget_oldest()
-        held[key] = at_ms
-        if not written:
-            self._dead.add(key)
-        self._order.append((at_ms, key))
+        held = self._held.get(key)
+        if held is not None and held >= at_ms - self._window_ms:
+            return False
+        self.add(key, at_ms, written)
         return True
 
     def mark_written(self, key: DedupKey, at_ms: int) -> None:
-        """``key``'s event was written as a row (a replay of its dead letter), held or not; a
-        held key keeps its accept time."""
-        if not self.first_seen(key, at_ms):
-            self._dead.discard(key)
+        """``key``'s event was written as a row accepted at ``at_ms`` (a replay of its dead
+        letter), held or not."""
+        self.add(key, at_ms, True)
 
     def discard(self, key: DedupKey) -> None:
         """Forget ``key`` (a replay key added for a replay that was then dropped)."""
         self._held.pop(key, None)
-        self._dead.discard(key)
+        self._row_ms.pop(key, None)
 
     def evict(self, now_ms: int) -> int:
         """Forget keys accepted before ``now_ms - window``; return how many."""
@@ -141,7 +162,7 @@ class DedupWindow:
             at_ms, key = order.popleft()
             if held.get(key) == at_ms:
                 del held[key]
-                self._dead.discard(key)
+                self._row_ms.pop(key, None)
                 evicted += 1
         return evicted
 
@@ -165,6 +186,6 @@ class DedupWindow:
             at_ms, key = order.popleft()
             if held.get(key) == at_ms:
                 del held[key]
-                self._dead.discard(key)
+                self._row_ms.pop(key, None)
                 self.evicted_early += 1
                 return

@@ -2,7 +2,8 @@
 the consumer life before did.
 
 The live window (``actors.retry_window``) holds the key of every record written or
-dead-lettered, with the record's accept time, added in offset order. What a restarted consumer
+dead-lettered, with the latest accept time of those records (and of its rows), added in offset
+order. What a restarted consumer
 can read back is exactly that, for the records below the committed offset: the warehouse's rows
 (``ACCEPTED_AT``, ``KAFKA_OFFSET``, ``REPLAY_OF``) and the dead-letter topic's records (their
 event key, accept-time header, source offset and ``eventray-replay-of`` header). Duplicates
@@ -54,9 +55,10 @@ def stream_window(window_s: float, max_keys: int | None, *, since_ms: int,
                   dead: Iterable[DecidedKey], into: DedupWindow | None = None) -> DedupWindow:
     """``rebuild_window`` from two streams each in ``window_order`` (the table's rows by
     offset, the dead-letter tail as read), merged as they come: memory holds the window and
-    what each stream buffers, never all the keys read. Equal keys keep the table's first, as a
-    stable sort of both would. ``into``: an empty window to fill (a fresh window on disk)
-    instead of a new memory one."""
+    what each stream buffers, never all the keys read. A key holds the latest accept time of its
+    rows and dead letters whatever their order (``DedupWindow.add``); the order decides only
+    which keys ``max_keys`` forgets first, as a stable sort of both would. ``into``: an empty
+    window to fill (a fresh window on disk) instead of a new memory one."""
     floor = committed if committed is not None else 0  # never written: all planned again
     window = into if into is not None else DedupWindow(window_s, max_keys)
     rows = _in_order(table, "rows")
@@ -64,10 +66,7 @@ def stream_window(window_s: float, max_keys: int | None, *, since_ms: int,
     for decided in heapq.merge(rows, below, key=window_order):
         if decided.accepted_at_ms < since_ms:
             continue
-        if decided.written:
-            window.mark_written(decided.key, decided.accepted_at_ms)
-        else:
-            window.first_seen(decided.key, decided.accepted_at_ms, False)
+        window.add(decided.key, decided.accepted_at_ms, decided.written)
     return window
 
 

@@ -43,7 +43,9 @@ from actors.retry_window import DedupKey, DedupWindow
 log = logging.getLogger(__name__)
 
 BUCKETS_PER_WINDOW: Final = 4
-FORMAT: Final = 1
+# 2: a key holds the latest accept time of its rows and dead letters, and of its rows (1 kept
+# an earlier one: a directory of 1 is rebuilt once).
+FORMAT: Final = 2
 _META: Final = "meta"
 _STATE: Final = b"state"
 _BUCKET_PREFIX: Final = "b"
@@ -54,10 +56,13 @@ _MEMTABLE_SHARE: Final = 0.25
 _LAYER_BYTES_PER_KEY: Final = 300  # a key's bytes, its change tuple and its dict slot
 _MIN_SPILL_KEYS: Final = 1_000
 
-Found = tuple[int, bool]  # (accept time, dead-lettered only)
-# A layer's change to a key: (new accept time or None when deleted, dead, the accept time of
-# the entry it replaces once the earlier layers are on disk, or None when there is none)
-Change = tuple[int | None, bool, int | None]
+# (accept time, the latest row's accept time or None when only dead-lettered), as
+# ``DedupWindow`` holds a key
+Found = tuple[int, int | None]
+# A layer's change to a key: (new accept time or None when deleted, the latest row's accept
+# time, the accept time of the entry it replaces once the earlier layers are on disk, or None
+# when there is none)
+Change = tuple[int | None, int | None, int | None]
 
 
 class WindowStoreError(EventrayError):
@@ -116,12 +121,18 @@ def encode_key(key: DedupKey) -> bytes:
     return f"{key[0]}\0{key[1]}".encode()
 
 
-# A key's value: its accept time (8 bytes, big-endian, signed) and 1 when only dead-lettered.
+# A key's value: its accept time (8 bytes, big-endian, signed) and 1 when only dead-lettered
+# (else its latest row was accepted then); a key whose latest row came earlier has that row's
+# accept time after them (8 bytes more; a few keys).
 _pack_value: Final = struct.Struct(">q?").pack
+_pack_value_and_row: Final = struct.Struct(">q?q").pack
 
 
 def _decode(value: bytes) -> Found:
-    return int.from_bytes(value[:8], "big", signed=True), value[8:9] == b"\1"
+    at_ms = int.from_bytes(value[:8], "big", signed=True)
+    if len(value) > 9:
+        return at_ms, int.from_bytes(value[9:17], "big", signed=True)
+    return at_ms, None if value[8:9] == b"\1" else at_ms
 
 
 class DiskWindow(DedupWindow):
@@ -229,7 +240,7 @@ class DiskWindow(DedupWindow):
 
     def written(self, key: DedupKey, at_ms: int) -> bool:
         found = self._lookup(encode_key(key))
-        return found is not None and found[0] >= at_ms - self._window_ms and not found[1]
+        return found is not None and found[1] is not None and found[1] >= at_ms - self._window_ms
 
     def first_seen(self, key: DedupKey, at_ms: int, written: bool = True) -> bool:
         # Once per event: encode_key and _record's common case inlined.
@@ -239,26 +250,21 @@ class DiskWindow(DedupWindow):
             return False
         changes = self._open_layer.changes
         if found is None and not self._restoring and kb not in changes:
-            changes[kb] = (at_ms, not written, None)  # a new key
+            changes[kb] = (at_ms, at_ms if written else None, None)  # a new key
             self._len += 1
         else:
-            self._record(kb, at_ms, not written, found)
+            self._add(kb, at_ms, written, found)
         return True
 
-    def mark_written(self, key: DedupKey, at_ms: int) -> None:
+    def add(self, key: DedupKey, at_ms: int, written: bool = True) -> None:
         kb = encode_key(key)
-        found = self._lookup(kb)
-        if found is not None and found[0] >= at_ms - self._window_ms:
-            if found[1]:
-                self._record(kb, found[0], False, found)
-            return
-        self._record(kb, at_ms, False, found)
+        self._add(kb, at_ms, written, self._lookup(kb))
 
     def discard(self, key: DedupKey) -> None:
         kb = encode_key(key)
         found = self._lookup(kb)
         if found is not None:
-            self._record(kb, None, False, found)
+            self._record(kb, None, None, found)
 
     def evict(self, now_ms: int) -> int:
         """Buckets wholly older than ``now_ms - window`` are dropped when this batch's layer
@@ -303,11 +309,24 @@ class DiskWindow(DedupWindow):
                 return _decode(value)
         return None
 
-    def _record(self, kb: bytes, at_ms: int | None, dead: bool, found: Found | None) -> None:
+    def _add(self, kb: bytes, at_ms: int, written: bool, found: Found | None) -> None:
+        """``DedupWindow.add`` on the key held as ``found``: the later accept times."""
+        if found is None:
+            self._record(kb, at_ms, at_ms if written else None, None)
+            return
+        held, row_ms = found
+        if written and (row_ms is None or at_ms > row_ms):
+            row_ms = at_ms
+        held = max(held, at_ms)
+        if (held, row_ms) != found:
+            self._record(kb, held, row_ms, found)
+
+    def _record(self, kb: bytes, at_ms: int | None, row_ms: int | None,
+                found: Found | None) -> None:
         changes = self._open_layer.changes
         before = changes.get(kb)
         prior = before[2] if before is not None else (None if found is None else found[0])
-        changes[kb] = (at_ms, dead, prior)
+        changes[kb] = (at_ms, row_ms, prior)
         self._len += (at_ms is not None) - (found is not None)
         if self._restoring and len(changes) >= self._spill_keys:
             self._spill()
@@ -332,7 +351,7 @@ class DiskWindow(DedupWindow):
         # In key order: RocksDB inserts sorted keys into its memtable ~4x faster than a
         # batch's random ones (measured 0.28 against 1.1 us a key; sorting costs 0.2).
         for kb in sorted(changes):
-            at_ms, dead, prior = changes[kb]
+            at_ms, row_ms, prior = changes[kb]
             old = None if prior is None else prior - prior % bucket_ms
             new = None if at_ms is None else at_ms - at_ms % bucket_ms
             if old is not None and old != new and old in handles:
@@ -340,8 +359,9 @@ class DiskWindow(DedupWindow):
                 counts[old] -= 1
             if at_ms is not None and new is not None:
                 handle = handles.get(new)
-                put(kb, _pack_value(at_ms, dead), self._bucket_handle(new) if handle is None
-                    else handle)
+                value = (_pack_value(at_ms, row_ms is None) if row_ms is None or row_ms == at_ms
+                         else _pack_value_and_row(at_ms, False, row_ms))
+                put(kb, value, self._bucket_handle(new) if handle is None else handle)
                 if old != new or old not in counts:
                     counts[new] = counts.get(new, 0) + 1
         expired = {} if layer.drop_before is None else {
@@ -464,14 +484,14 @@ class DiskWindow(DedupWindow):
             options.set_max_total_wal_size(self._memtables * 2)
         return options
 
-    def keys_in(self) -> Iterator[tuple[DedupKey, int, bool]]:
-        """Every key on disk with its accept time and whether only dead-lettered (tests and
-        the benchmark's restore; not used while planning)."""
+    def keys_in(self) -> Iterator[tuple[DedupKey, int, int | None]]:
+        """Every key on disk with its accept time and its latest row's (None: only
+        dead-lettered) (tests and the benchmark's restore; not used while planning)."""
         for start in sorted(self._buckets):
             for kb, value in self._buckets[start].items():
                 account, _, event = bytes(kb).decode().partition("\0")
-                at_ms, dead = _decode(bytes(value))
-                yield (account, event), at_ms, dead
+                at_ms, row_ms = _decode(bytes(value))
+                yield (account, event), at_ms, row_ms
 
 
 def _bucket_name(start: int) -> str:

@@ -19,7 +19,8 @@ from actors.contract import (
 )
 from actors.dead_letter import Recovered, dead_letter_headers, decided_keys, recovered_from
 from actors.records import SourceRecord, parse_headers
-from actors.retry_window import DecidedKey, DedupWindow
+from actors.retry_window import DecidedKey, DedupWindow, replay_key
+from actors.rows import row_field_index
 from actors.window_rebuild import rebuild_window, window_since
 
 T_MS = 1_780_000_000_000
@@ -52,9 +53,13 @@ def plan(records: list[SourceRecord], window: DedupWindow, *, planned_ms: int,
 
 
 def table_keys(result: BatchPlan) -> list[DecidedKey]:
-    """What ``SnowflakeWriter.recent_keys`` returns for the batch's rows."""
+    """What ``SnowflakeWriter.recent_keys`` returns for the batch's rows: each row's event key
+    and, for a replay, its dead letter's replay key."""
     rows = msgspec.json.decode(result.batch.rows_json, type=list[list[object]])
-    return [DecidedKey(int(str(r[8])), int(str(r[10])), (str(r[1]), str(r[0]))) for r in rows]
+    replay_of = row_field_index("replay_of")
+    keys = [DecidedKey(int(str(r[8])), int(str(r[10])), (str(r[1]), str(r[0]))) for r in rows]
+    return keys + [DecidedKey(int(str(r[8])), int(str(r[10])), replay_key(str(r[replay_of])))
+                   for r in rows if r[replay_of] is not None]
 
 
 def dead_keys(result: BatchPlan) -> list[DecidedKey]:
@@ -110,6 +115,48 @@ def test_a_contract_failure_with_an_event_key_holds_it_live_as_after_a_restart()
     window = rebuilt(fixed, 1, [], dead_keys(broken))
     after_restart = plan([fixed], window, planned_ms=T_MS + 1_000)
     without_restart = plan([rec(1, T_MS + 1_000)], live, planned_ms=T_MS + 1_000)
+    assert after_restart.duplicates == without_restart.duplicates == 1
+
+
+def test_a_chain_of_contract_failures_holds_its_key_at_the_latest_after_a_restart_too(
+) -> None:
+    # A record breaking the contract is dead-lettered whatever the window holds: fifteen with
+    # one event key, 45 s apart (each within the window of the one before), then a retry 45 s
+    # after the last. A key holds the latest accept time of its dead letters, live and rebuilt.
+    # Before, it kept the earliest of such a chain, which a rebuild reading from window_since
+    # does not see (offset 0 here): the live window dropped the retry, the rebuilt one wrote
+    # it (found by the property test with the window on disk).
+    broken = [rec(n, T_MS + n * 45_000, broken=True) for n in range(15)]
+    retry = rec(15, T_MS + 15 * 45_000)
+    live = DedupWindow(W_S)
+    first = plan(broken, live, planned_ms=T_MS + 14 * 45_000)
+    assert len(first.dead_letters) == 15
+    window = rebuilt(retry, 15, [], dead_keys(first))
+    after_restart = plan([retry], window, planned_ms=T_MS + 15 * 45_000)
+    without_restart = plan([retry], live, planned_ms=T_MS + 15 * 45_000)
+    assert after_restart.duplicates == without_restart.duplicates == 1
+
+
+def test_a_replay_dropped_for_its_written_event_keeps_the_earlier_replay_of_its_dead_letter(
+) -> None:
+    # Dead letter 0:1 is replayed (a row, e-1), e-0 is written, then 0:1 is replayed again 61 s
+    # after its first replay carrying e-0: dropped, e-0 is in the table. A last replay of 0:1,
+    # accepted 50 s after the first (accept times a little out of order), is a second replay
+    # within the window: dropped, live as after a restart. Before, the dropped replay added
+    # 0:1's key and then discarded it, the first replay's entry with it: live, the last replay
+    # was written; the rebuilt window, which reads the first replay's row back, dropped it.
+    def replay(offset: int, accepted_ms: int, event_id: str) -> SourceRecord:
+        return msgspec.structs.replace(rec(offset, accepted_ms, event_id), replay_of="0:1")
+
+    first = [replay(0, T_MS, "e-1"), rec(1, T_MS + 40_000, "e-0"),
+             replay(2, T_MS + 61_000, "e-0")]
+    last = replay(3, T_MS + 50_000, "e-2")
+    live = DedupWindow(W_S)
+    before = plan(first, live, planned_ms=T_MS + 61_000)
+    assert (before.valid, before.duplicates) == (2, 1)
+    window = rebuilt(last, 3, table_keys(before), [])
+    after_restart = plan([last], window, planned_ms=T_MS + 61_000)
+    without_restart = plan([last], live, planned_ms=T_MS + 61_000)
     assert after_restart.duplicates == without_restart.duplicates == 1
 
 

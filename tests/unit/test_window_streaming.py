@@ -27,7 +27,7 @@ records = st.lists(st.tuples(
 
 
 def state(window: DedupWindow) -> tuple[object, ...]:
-    return (dict(window._held), set(window._dead), list(window._order), window.evicted_early)
+    return (dict(window._held), dict(window._row_ms), list(window._order), window.evicted_early)
 
 
 def counted(items: list[DecidedKey], pulled: list[int]) -> Iterator[DecidedKey]:
