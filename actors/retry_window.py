@@ -137,10 +137,20 @@ class DedupWindow:
         """Add ``key`` unless a record accepted within the window of ``at_ms`` holds it; True
         when added (not a duplicate). ``written``: the key's event becomes a row (False: it is
         dead-lettered)."""
-        held = self._held.get(key)
-        if held is not None and held >= at_ms - self._window_ms:
-            return False
-        self.add(key, at_ms, written)
+        held = self._held
+        before = held.get(key)
+        if before is not None:
+            if before >= at_ms - self._window_ms:
+                return False
+            self.add(key, at_ms, written)  # an id reused after the window
+            return True
+        # Once per event: add's new key inlined.
+        if self._max_keys is not None and len(held) >= self._max_keys:
+            self._forget_oldest()
+        held[key] = at_ms
+        if not written:
+            self._row_ms[key] = None
+        self._order.append((at_ms, key))
         return True
 
     def mark_written(self, key: DedupKey, at_ms: int) -> None:

@@ -84,8 +84,8 @@ def _in_order(keys: Iterable[DecidedKey], what: str) -> Iterator[DecidedKey]:
         order = window_order(decided)
         if last is not None and order < last and not warned:
             warned = True
-            log.warning("retry window keys out of order source=%s offset=%d after=%d: the "
-                        "rebuilt window may keep another of two equal keys than the live one",
+            log.warning("retry window keys out of order source=%s offset=%d after=%d: "
+                        "dedup_max_keys may forget other keys first than the live window did",
                         what, decided.offset, last[0])
         last = order
         yield decided
