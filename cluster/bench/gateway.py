@@ -50,6 +50,7 @@ from actors.contract import (
 from actors.exceptions import EventrayError
 from cluster.bench.cpu_usage import OWN_ROLE, CpuSnapshot, tree_usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
+from cluster.bench.raw_http import exchange
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import Settings
 from gateway.config import GatewayConfig, ServeConfig
@@ -203,7 +204,7 @@ async def _drive(spec: LoadSpec) -> PhaseResult:
                 n += spec.concurrency
                 started = time.perf_counter()
                 try:
-                    status = await _exchange(reader, writer, payload)
+                    status = await exchange(reader, writer, payload)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     # The server may close a keep-alive connection (HAProxy does on a reload,
                     # e.g. when a replica joins): count it and reconnect, as an HTTP client does.
@@ -263,19 +264,6 @@ def cpu_per_event(cpu_s: dict[str, float], events: int) -> dict[str, float]:
     per_event = {role: secs / events * 1e6 for role, secs in cpu_s.items() if events}
     return {role: round(us, 2) for role, us in sorted(per_event.items(), key=lambda i: -i[1])
             if us >= 0.05}
-
-
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    payload: bytes) -> str:
-    """Send one request on a keep-alive connection; read the whole response; its status."""
-    writer.write(payload)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return head[9:12].decode()
 
 
 def run_load(spec: LoadSpec) -> PhaseResult:

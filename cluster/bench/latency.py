@@ -46,6 +46,7 @@ import msgspec
 from actors.config import KafkaConnection, PipelineConfig, SnowflakeConfig
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.bench.cpu_usage import tree_usage_between
+from cluster.bench.raw_http import exchange
 from cluster.bench.stack import BenchError, bench_stack, create_topic
 from cluster.settings import Settings
 
@@ -387,19 +388,6 @@ class _Pool:
             writer.close()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    payload: bytes) -> str:
-    """One request on a keep-alive connection; the whole response read; its status."""
-    writer.write(payload)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return head[9:12].decode()
-
-
 class _Driver:
     """Sends a phase's requests and keeps what each answer says."""
 
@@ -435,7 +423,7 @@ class _Driver:
     async def _send(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                     payload: bytes) -> str:
         try:
-            status = await _exchange(conn[0], conn[1], payload)
+            status = await exchange(conn[0], conn[1], payload)
         except (asyncio.IncompleteReadError, ConnectionError):
             await self.pool.discard(conn)
             return "closed"

@@ -6,14 +6,14 @@ import os
 import subprocess
 import sys
 
-from cluster.bench.cpu_usage import CpuSnapshot
-from cluster.bench.gateway import _bench_usage, _descendants
+from cluster.bench.cpu_usage import CpuSnapshot, descendants
+from cluster.bench.gateway import _bench_usage
 
 
 def test_a_child_process_descends_from_its_parent_and_init_does_not() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        found = _descendants(os.getpid())
+        found = descendants(os.getpid())
         assert {os.getpid(), child.pid} <= found
         assert 1 not in found
     finally:
