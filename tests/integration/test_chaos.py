@@ -33,7 +33,7 @@ from cluster.local.processes import free_port
 from cluster.local.stack import down, running_stack, settings_env, stack_settings, up
 from cluster.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HEAD_ENV = {
     "RAY_health_check_initial_delay_ms": "0",
@@ -139,14 +139,12 @@ def test_a_killed_service_or_actor_loses_and_duplicates_nothing(chaos: Chaos,
     assert_kept_the_promise(result)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["zombie", "node-loss"])
 def test_a_frozen_or_lost_node_loses_and_duplicates_nothing(chaos: Chaos, name: str) -> None:
     result = run_once(chaos, name)
     assert_kept_the_promise(result)
 
 
-@pytest.mark.slow
 def test_resizing_the_sink_pool_loses_and_duplicates_nothing(chaos: Chaos) -> None:
     result = run_once(chaos, "resize-sinks")
     assert result.fault.startswith("sink pool 2->3"), result
