@@ -72,7 +72,7 @@ from actors.retry_window import DedupWindow
 from actors.rows import encode_rows, row_from_event
 from actors.steady_gc import settle
 from actors.window_store import DiskWindow
-from cluster.bench.stack import BenchError, create_topic
+from cluster.bench.stack import BenchError, create_topic, gateway_like_producer
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.settings import Settings
 
@@ -122,13 +122,8 @@ def _kafka(settings: Settings, bootstrap: str | None) -> Iterator[KafkaConnectio
 
 def _produce(conn: KafkaConnection, topic: str, batches: list[list[Any]]) -> int:
     """Each batch as one gateway request: one header list, one accept time, keyed records."""
-    from confluent_kafka import Producer
-
     codec = EventCodec()
-    producer = Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 1_000_000,
-                         "partitioner": "murmur2_random"})
+    producer = gateway_like_producer(conn)
     failures: list[Any] = []
 
     def delivered(err: Any, _msg: Any) -> None:

@@ -56,7 +56,7 @@ from actors.validation import validate_batch
 from cluster.bench.cpu_usage import CpuReport, tree_usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.bench.first_row import FirstRowWatch
-from cluster.bench.stack import BenchError, bench_stack, create_topic
+from cluster.bench.stack import BenchError, bench_stack, create_topic, gateway_like_producer
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import SINGLE_BROKER_TOPICS, Settings
@@ -95,13 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _produce(conn: KafkaConnection, topic: str, events: list[Event]) -> float:
     """Produce as the gateway does (key, value, headers); every record confirmed. Events/s."""
-    from confluent_kafka import Producer
-
     codec = EventCodec()
-    producer = Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 1_000_000,
-                         "partitioner": "murmur2_random"})
+    producer = gateway_like_producer(conn)
     failures: list[Any] = []
 
     def delivered(err: Any, _msg: Any) -> None:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from actors.config import KafkaConnection, SnowflakeConfig
 from actors.exceptions import EventrayError
@@ -70,3 +71,14 @@ def create_topic(conn: KafkaConnection, name: str, partitions: int) -> None:
         if time.monotonic() > deadline:
             raise BenchError(f"topic {name}: partitions without a leader")
         time.sleep(0.1)
+
+
+def gateway_like_producer(conn: KafkaConnection) -> Any:
+    """A confluent-kafka Producer configured as the gateway's (idempotent, acks=all, lz4, the
+    gateway's partitioner and linger), with room to fill a topic quickly."""
+    from confluent_kafka import Producer
+
+    return Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
+                     "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
+                     "queue.buffering.max.messages": 1_000_000,
+                     "partitioner": "murmur2_random"})
