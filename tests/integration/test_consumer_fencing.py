@@ -33,7 +33,7 @@ from actors.kafka_admin import end_offsets, ensure_topics
 from actors.sink import SnowflakeSinkActor
 from cluster.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

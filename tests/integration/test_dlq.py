@@ -44,7 +44,7 @@ from cluster.cli import dlq as dlq_cli
 from cluster.settings import Settings
 from cluster.supervisor import start_pipeline, stop_pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Before the fix, events older than a day are refused; after it, up to five years are fine.
 # Amounts above 1000 are refused before and after.

@@ -29,7 +29,7 @@ from actors.dead_letter import DeadLetter, DeadLetterProducer, read_recent_keys
 from cluster.settings import Settings
 from cluster.supervisor import get_status, start_pipeline, stop_pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

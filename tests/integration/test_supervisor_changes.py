@@ -37,7 +37,7 @@ from cluster.supervisor import (
     supervisor_actor,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
