@@ -72,7 +72,7 @@ from actors.retry_window import DedupWindow
 from actors.rows import encode_rows, row_from_event
 from actors.steady_gc import settle
 from actors.window_store import DiskWindow
-from cluster.bench.stack import BenchError, create_topic, gateway_like_producer
+from cluster.bench.stack import BenchError, create_topic, end_offsets, gateway_like_producer
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.settings import Settings
 
@@ -307,17 +307,6 @@ class _Partition:
         spent["encode"] += t3 - t2
 
 
-def _end_offsets(conn: KafkaConnection, topic: str, partitions: int) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**conn.client_config(), "group.id": f"bench-{uuid.uuid4().hex}"})
-    try:
-        return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1])
-                for p in range(partitions)}
-    finally:
-        consumer.close()
-
-
 def _actor_heap() -> int:
     """Import what a consumer actor's process holds (Ray, the sink's Snowflake connector, the
     metrics), so the cyclic GC walks a heap of an actor's size; the objects tracked."""
@@ -346,7 +335,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             tempfile.TemporaryDirectory(prefix="eventray-bench-consumer-window-") as wdir:
         create_topic(conn, topic, args.partitions)
         produced = _produce(conn, topic, workload.batches)
-        ends = _end_offsets(conn, topic, args.partitions)
+        ends = end_offsets(conn, topic, args.partitions)
         print(f"topic {topic}: {produced:,} events in {args.partitions} partitions, requests of "
               f"{args.request_events}; batches of {batch:,}, window {consumer_cfg.window_store}, "
               f"gc {args.gc} ({heap:,} objects tracked)", flush=True)

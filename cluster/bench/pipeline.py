@@ -56,7 +56,13 @@ from actors.validation import validate_batch
 from cluster.bench.cpu_usage import CpuReport, tree_usage_between
 from cluster.bench.cpu_usage import snapshot as cpu_snapshot
 from cluster.bench.first_row import FirstRowWatch
-from cluster.bench.stack import BenchError, bench_stack, create_topic, gateway_like_producer
+from cluster.bench.stack import (
+    BenchError,
+    bench_stack,
+    create_topic,
+    end_offsets,
+    gateway_like_producer,
+)
 from cluster.bench.workload import WorkloadSpec, generate
 from cluster.local.ray_head import use_loopback_for_in_process_ray
 from cluster.settings import SINGLE_BROKER_TOPICS, Settings
@@ -119,17 +125,6 @@ def _produce(conn: KafkaConnection, topic: str, events: list[Event]) -> float:
         raise BenchError(f"produce: {left} records unsent, {len(failures)} failed "
                          f"(first: {failures[:1]})")
     return len(events) / (time.perf_counter() - started)
-
-
-def _end_offsets(conn: KafkaConnection, topic: str, partitions: int) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**conn.client_config(), "group.id": f"bench-{uuid.uuid4().hex}"})
-    try:
-        return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1])
-                for p in range(partitions)}
-    finally:
-        consumer.close()
 
 
 def _assigned_consumer(conn: KafkaConnection, topic: str, partitions: int) -> Any:
@@ -504,7 +499,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         events = [e for batch in workload.batches for e in batch]
         create_topic(kafka, topic, args.partitions)
         produced = _produce(kafka, topic, events)
-        ends = _end_offsets(kafka, topic, args.partitions)
+        ends = end_offsets(kafka, topic, args.partitions)
         print(f"topic {topic}: {sum(ends.values()):,} events ({len(workload.invalid_ids):,} "
               f"invalid) produced at {produced:,.0f} events/s")
         config = _pipeline_config(settings, kafka, snowflake, topic=topic,
@@ -584,7 +579,7 @@ def _pipeline_phases(settings: Settings, args: argparse.Namespace, *, kafka: Kaf
         cpu_before = cpu_snapshot(started)
         accepted = _post_all(url, e2e.batches, args.e2e_concurrency)
         posted_s = time.perf_counter() - started
-        new_ends = _end_offsets(kafka, topic, config.topics.partitions)
+        new_ends = end_offsets(kafka, topic, config.topics.partitions)
         deadline = time.monotonic() + args.timeout
         watch = _DrainWatch(config)
         try:

@@ -82,3 +82,15 @@ def gateway_like_producer(conn: KafkaConnection) -> Any:
                      "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
                      "queue.buffering.max.messages": 1_000_000,
                      "partitioner": "murmur2_random"})
+
+
+def end_offsets(conn: KafkaConnection, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end (high watermark) offset."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**conn.client_config(), "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1])
+                for p in range(partitions)}
+    finally:
+        consumer.close()
